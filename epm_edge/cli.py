@@ -1,0 +1,173 @@
+"""The `epm-edge` command line: thin wrappers that parse options, call the package, and print."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+
+from epm_edge import __version__
+from epm_edge.errors import EpmError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+class Group(click.Group):
+    """Turns EpmError into one clear line on stderr and exit code 2, without a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EpmError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: results written so far are kept; rerun the same command to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="epm-edge")
+def main():
+    """epm-edge: decide whether two e-commerce listings are the same product, on CPU."""
+
+
+def _columns(value: str | None) -> list[str] | None:
+    return [c.strip() for c in value.split(",") if c.strip()] if value else None
+
+
+model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+                             help="A .gguf file, an ONNX variant dir or a merged HF dir (default: the bundled model).")
+backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
+                              help="Runtime (default: from the model path).")
+threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
+
+
+def _load_scorer(model_path, backend, threads, batch_size):
+    from epm_edge.model_store import default_model
+    from epm_edge.runtime import load_scorer
+
+    path = model_path or default_model()
+    return path, load_scorer(path, backend=backend, threads=threads, batch_size=batch_size)
+
+
+@main.command()
+@click.argument("catalog_a", type=click.Path(path_type=Path))
+@click.argument("catalog_b", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Result file (.csv or .jsonl); resumable. Default: CSV on stdout.")
+@model_option
+@backend_option
+@threads_option
+@batch_option
+@click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record (blocking).")
+@click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
+@click.option("--id-col-a", default=None, help="Id column of catalog A (default: auto-detect).")
+@click.option("--id-col-b", default=None, help="Id column of catalog B (default: auto-detect).")
+@click.option("--columns-a", default=None, help="Comma-separated attribute columns of A (default: all).")
+@click.option("--columns-b", default=None, help="Comma-separated attribute columns of B (default: all).")
+@click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per serialized record.")
+@click.option("--one-to-one", "assignment", flag_value="greedy", default=None,
+              help="Each record in at most one match (best score first).")
+@click.option("--assignment", "assignment", type=click.Choice(["greedy", "hungarian"]),
+              help="One-to-one assignment method.")
+@click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
+@click.option("--explain-above", type=float, default=None, help="Explain pairs scoring at least this (default: the threshold).")
+@click.option("--force", is_flag=True, help="Overwrite an output file from a run with other settings.")
+def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size, top_k, threshold, id_col_a,
+          id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
+    """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
+    from epm_edge.console import err, progress_bar
+    from epm_edge.data import read_catalog
+    from epm_edge.match.blocking import candidates
+    from epm_edge.match.run import run_match
+    from epm_edge.model_store import sha256_file
+    from epm_edge.report.tables import match_table
+
+    a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
+    b = read_catalog(catalog_b, id_col=id_col_b, columns=_columns(columns_b))
+    err.print(f"[bold]A[/] {a.path} ({len(a)} records)   [bold]B[/] {b.path} ({len(b)} records)")
+    t0 = time.perf_counter()
+    cands = candidates(a, b, top_k=top_k)
+    err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
+    path, scorer = _load_scorer(model_path, backend, threads, batch_size)
+    if explain and not hasattr(scorer, "explain"):
+        raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
+    thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
+    err.print(f"model: {path} ({scorer.name}), threshold {thr:.3f}")
+    target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
+    settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
+                "model_sha256": sha256_file(path) if Path(path).is_file() else str(Path(path).resolve()),
+                "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
+                "explain_above": explain_above}
+    with progress_bar() as bar:
+        task = bar.add_task("scoring", total=len(cands))
+        summary = run_match(a, b, cands, scorer, target, settings, thr, batch_size=batch_size,
+                            record_tokens=record_tokens, explain=explain, explain_above=explain_above,
+                            assignment=assignment, force=force or output is None,
+                            on_start=lambda done: bar.update(task, completed=done),
+                            on_batch=lambda n: bar.advance(task, n))
+    scorer.close()
+    rate = summary.scored / summary.seconds if summary.seconds else 0.0
+    err.print(f"scored {summary.scored} pairs in {summary.seconds:.1f}s ({rate:.1f} pairs/s)"
+              + (f", {summary.resumed} resumed from {output}" if summary.resumed else "")
+              + f"; {summary.matches} matches")
+    if output is None:
+        sys.stdout.write(target.read_text(encoding="utf-8"))
+    else:
+        err.print(match_table(summary.rows, a, b))
+        err.print(f"results: {output}")
+
+
+@main.command("eval")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Benchmark dir with tableA.csv, tableB.csv and split files.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
+@click.option("--limit", type=int, default=None, help="Score only the first N pairs.")
+@model_option
+@backend_option
+@threads_option
+@batch_option
+@click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
+@click.option("--record-tokens", type=int, default=64, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def eval_cmd(data_dir, split, limit, model_path, backend, threads, batch_size, threshold, record_tokens, as_json):
+    """Precision, recall, F1 and speed on a labelled split."""
+    from epm_edge.console import err, out, progress_bar
+    from epm_edge.data import load_pair_set
+    from epm_edge.evaluate.scoring import score_pairs
+    from epm_edge.evaluate.metrics import compute_metrics
+    from epm_edge.report.tables import metrics_table
+
+    ps = load_pair_set(data_dir)
+    pairs = ps.split(split).head(limit)
+    path, scorer = _load_scorer(model_path, backend, threads, batch_size)
+    thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
+    with progress_bar() as bar:
+        task = bar.add_task(f"{ps.name}/{split}", total=len(pairs))
+        scores, seconds = score_pairs(scorer, ps, pairs, record_tokens=record_tokens, batch_size=batch_size,
+                                      on_batch=lambda n: bar.advance(task, n))
+    scorer.close()
+    m = compute_metrics(pairs.labels, scores, thr)
+    result = {"data": str(data_dir), "split": split, "model": str(path), "backend": scorer.name,
+              **m.as_dict(), "seconds": seconds, "pairs_per_second": len(pairs) / seconds if seconds else 0.0}
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        out.print(metrics_table(result))
+
+
+@main.command()
+def doctor():
+    """Versions, CPU features, llama.cpp system info and default model status."""
+    from epm_edge.console import out
+    from epm_edge.doctor import report
+
+    out.print(report())

@@ -1,0 +1,81 @@
+"""Labelled pair sets in the DeepMatcher layout: tableA/tableB plus train/valid/test pair files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from epm_edge.data.catalog import Catalog, read_catalog
+from epm_edge.data.csvfile import read_csv
+from epm_edge.errors import InputError
+
+SPLITS = ("train", "valid", "test")
+PAIR_COLUMNS = ("ltable_id", "rtable_id", "label")
+
+
+@dataclass
+class LabelledPairs:
+    path: Path
+    a_ids: list[str]
+    b_ids: list[str]
+    labels: np.ndarray  # int8, 1 = same product
+    hard_negative: np.ndarray  # bool, False where the file has no such column
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> "LabelledPairs":
+        if n is None or n >= len(self):
+            return self
+        return LabelledPairs(self.path, self.a_ids[:n], self.b_ids[:n], self.labels[:n], self.hard_negative[:n])
+
+
+@dataclass
+class PairSet:
+    """A benchmark directory: two catalogs and the labelled splits that exist."""
+
+    root: Path
+    a: Catalog
+    b: Catalog
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    def split(self, name: str) -> LabelledPairs:
+        return read_pairs(self.root / f"{name}.csv", self.a, self.b)
+
+    def available_splits(self) -> list[str]:
+        return [s for s in SPLITS if (self.root / f"{s}.csv").exists()]
+
+
+def load_pair_set(root: str | Path) -> PairSet:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "data directory not found (expected tableA.csv, tableB.csv and split files)")
+    return PairSet(root=root, a=read_catalog(root / "tableA.csv"), b=read_catalog(root / "tableB.csv"))
+
+
+def read_pairs(path: Path, a: Catalog, b: Catalog) -> LabelledPairs:
+    header, rows = read_csv(path)
+    for col in PAIR_COLUMNS:
+        if col not in header:
+            raise InputError(path, "required column missing from header", row=1, column=col)
+    if not rows:
+        raise InputError(path, "has a header but no pairs")
+    a_ids, b_ids, labels, hard = [], [], [], []
+    for number, row in rows:
+        left, right, label = row["ltable_id"].strip(), row["rtable_id"].strip(), row["label"].strip()
+        if left not in a.records:
+            raise InputError(path, f"id '{left}' is not in {a.path.name}", row=number, column="ltable_id")
+        if right not in b.records:
+            raise InputError(path, f"id '{right}' is not in {b.path.name}", row=number, column="rtable_id")
+        if label not in ("0", "1"):
+            raise InputError(path, f"label must be 0 or 1, got '{label}'", row=number, column="label")
+        a_ids.append(left)
+        b_ids.append(right)
+        labels.append(int(label))
+        hard.append(row.get("is_hard_negative", "").strip().lower() in ("true", "1"))
+    return LabelledPairs(path, a_ids, b_ids, np.array(labels, dtype=np.int8), np.array(hard, dtype=bool))

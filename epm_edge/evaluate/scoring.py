@@ -1,0 +1,29 @@
+"""Score a labelled split with any scorer."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from epm_edge.data.pairs import LabelledPairs, PairSet
+from epm_edge.data.serialize import serialize_record
+
+
+def serialize_pairs(ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64) -> list[tuple[str, str]]:
+    a = {i: serialize_record(ps.a.records[i], record_tokens) for i in set(pairs.a_ids)}
+    b = {i: serialize_record(ps.b.records[i], record_tokens) for i in set(pairs.b_ids)}
+    return [(a[x], b[y]) for x, y in zip(pairs.a_ids, pairs.b_ids)]
+
+
+def score_pairs(scorer, ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64, batch_size: int = 32,
+                on_batch=None) -> tuple[np.ndarray, float]:
+    """(P(match) per pair, seconds spent scoring)."""
+    texts = serialize_pairs(ps, pairs, record_tokens)
+    scores = np.empty(len(texts))
+    start = time.perf_counter()
+    for lo in range(0, len(texts), batch_size):
+        scores[lo:lo + batch_size] = scorer.score(texts[lo:lo + batch_size])
+        if on_batch:
+            on_batch(min(batch_size, len(texts) - lo))
+    return scores, time.perf_counter() - start

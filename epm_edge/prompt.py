@@ -1,0 +1,114 @@
+"""The one prompt and output schema of epm-edge, shared by training, export checks and inference.
+
+A prompt is a shared instruction prefix (identical for every pair, so runtimes compute it once)
+followed by a pair suffix. The answer starts with the decision token, so one forward pass scores a
+pair: P(match) = softmax over the logits of the `Yes` and `No` tokens at the answer position.
+A structured rationale may follow the decision, one line of evidence per attribute:
+
+    Yes
+    brand: sony | sony | same
+    model: pslx350h | ps-lx350h | same
+
+Bump PROMPT_VERSION whenever any text here changes: trained adapters and exported artifacts
+record it, and a mismatch is reported.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+PROMPT_VERSION = "epm-v1"
+
+YES, NO = "Yes", "No"
+VERDICTS = ("same", "different", "missing")
+
+SYSTEM = "You are a product matching expert for e-commerce catalogs."
+INSTRUCTION = (
+    "Do listing A and listing B refer to the same real-world product? Ignore promotions, shop "
+    "tags, shipping and bundle wording; compare brand, model, variant, capacity and pack size. "
+    "Answer Yes or No, then list the evidence as `attribute: value A | value B | same|different|missing`."
+)
+
+# ChatML, the chat format of the SmolLM2 family that epm-edge ships.
+PREFIX = (
+    f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+    f"<|im_start|>user\n{INSTRUCTION}\n"
+)
+_SUFFIX = "A: {a}\nB: {b}<|im_end|>\n<|im_start|>assistant\n"
+END_OF_TURN = "<|im_end|>"
+
+
+def pair_suffix(a: str, b: str) -> str:
+    """The per-pair part of the prompt; `a` and `b` are serialized records."""
+    return _SUFFIX.format(a=a, b=b)
+
+
+def full_prompt(a: str, b: str) -> str:
+    return PREFIX + pair_suffix(a, b)
+
+
+def match_probability(logit_yes: float, logit_no: float) -> float:
+    """P(match) from the two decision logits (a two-way softmax)."""
+    d = logit_yes - logit_no
+    return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
+
+
+@dataclass
+class Evidence:
+    attribute: str
+    a: str
+    b: str
+    verdict: str  # one of VERDICTS
+
+    def line(self) -> str:
+        return f"{self.attribute}: {self.a} | {self.b} | {self.verdict}"
+
+
+@dataclass
+class Answer:
+    match: bool
+    evidence: list[Evidence] = field(default_factory=list)
+
+    def text(self) -> str:
+        lines = [YES if self.match else NO] + [e.line() for e in self.evidence]
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"match": self.match,
+                "evidence": [{"attribute": e.attribute, "a": e.a, "b": e.b, "verdict": e.verdict}
+                             for e in self.evidence]}
+
+
+class AnswerFormatError(ValueError):
+    pass
+
+
+_LINE = re.compile(r"^([^:\n|]{1,40}): ([^|\n]*) \| ([^|\n]*) \| (same|different|missing)$")
+
+
+def parse_answer(text: str) -> Answer:
+    """Parse a model answer; raises AnswerFormatError if it does not fit the schema."""
+    text = text.split(END_OF_TURN)[0].strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not lines or lines[0] not in (YES, NO):
+        raise AnswerFormatError(f"answer must start with '{YES}' or '{NO}' on its own line: {text[:60]!r}")
+    evidence = []
+    for ln in lines[1:]:
+        m = _LINE.match(ln)
+        if not m:
+            raise AnswerFormatError(f"evidence line does not fit `attribute: a | b | verdict`: {ln[:80]!r}")
+        evidence.append(Evidence(m[1].strip(), m[2].strip(), m[3].strip(), m[4]))
+    return Answer(lines[0] == YES, evidence)
+
+
+# Constrains generation to the schema above (llama.cpp GBNF). At most 6 evidence lines.
+GRAMMAR = r"""
+root     ::= decision ("\n" evidence){1,6}
+decision ::= "Yes" | "No"
+evidence ::= attr ": " value " | " value " | " verdict
+attr     ::= [a-z_ ]{1,24}
+value    ::= [^|\n]{0,60}
+verdict  ::= "same" | "different" | "missing"
+"""

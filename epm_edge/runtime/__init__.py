@@ -1,0 +1,43 @@
+"""Scorers: one small protocol, several runtimes (llama.cpp, ONNX Runtime, transformers).
+
+Each backend module imports its heavy runtime inside the module, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from epm_edge.errors import ModelError
+from epm_edge.runtime.base import Scorer
+
+BACKENDS = ("llamacpp", "onnx", "transformers")
+
+
+def detect_backend(model: str | Path) -> str:
+    """Guess the backend from the model path: .gguf -> llamacpp, dir with *.onnx -> onnx, HF dir -> transformers."""
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return "llamacpp"
+    if path.is_dir() and any(path.glob("*.onnx")):
+        return "onnx"
+    if path.is_dir() and (path / "config.json").exists():
+        return "transformers"
+    raise ModelError(f"{path}: not a .gguf file, an ONNX export dir or a Hugging Face model dir")
+
+
+def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
+                batch_size: int = 32) -> Scorer:
+    path = Path(model)
+    if not path.exists():
+        raise ModelError(f"{path}: model not found")
+    backend = backend or detect_backend(path)
+    if backend == "llamacpp":
+        from epm_edge.runtime.llamacpp import LlamaCppScorer
+        return LlamaCppScorer(path, threads=threads, batch_size=batch_size)
+    if backend == "onnx":
+        from epm_edge.runtime.onnx import OnnxScorer
+        return OnnxScorer(path, threads=threads, batch_size=batch_size)
+    if backend == "transformers":
+        from epm_edge.runtime.hf import TransformersScorer
+        return TransformersScorer(path, threads=threads, batch_size=batch_size)
+    raise ModelError(f"unknown backend '{backend}' (choose from {', '.join(BACKENDS)})")
