@@ -171,3 +171,6 @@ def doctor():
     from epm_edge.doctor import report
 
     out.print(report())
+
+
+# Commands defined next to the stage they drive (each module keeps heavy imports inside functions).
