@@ -103,12 +103,21 @@ def parse_answer(text: str) -> Answer:
     return Answer(lines[0] == YES, evidence)
 
 
-# Constrains generation to the schema above (llama.cpp GBNF). At most 6 evidence lines.
+# Constrains generation to the schema above (llama.cpp GBNF). Bounded lengths keep one evidence
+# line under MAX_LINE_CHARS, so a generation budget above that always holds one complete line.
+MAX_EVIDENCE = 4
+MAX_LINE_CHARS = 24 + 2 + 40 + 3 + 40 + 3 + 9
 GRAMMAR = r"""
-root     ::= decision ("\n" evidence){1,6}
+root     ::= decision ("\n" evidence){1,%d}
 decision ::= "Yes" | "No"
 evidence ::= attr ": " value " | " value " | " verdict
 attr     ::= [a-z_ ]{1,24}
-value    ::= [^|\n]{0,60}
+value    ::= [^|\n]{0,40}
 verdict  ::= "same" | "different" | "missing"
-"""
+""" % MAX_EVIDENCE
+
+
+def complete_lines(text: str) -> str:
+    """A generation cut off by its token budget, without its unfinished last line."""
+    lines = text.split("\n")
+    return "\n".join(lines[:-1]) if len(lines) > 2 else text

@@ -187,27 +187,34 @@ class LlamaCppScorer:
             self._samplers[match] = chain
         return self._samplers[match]
 
-    def generate(self, a: str, b: str, match: bool, max_tokens: int = 384) -> str:
-        """The decision plus a grammar-constrained rationale for one pair."""
+    def generate(self, a: str, b: str, match: bool, max_tokens: int = 160) -> str:
+        """The decision plus a grammar-constrained rationale for one pair.
+
+        Stops at the end of turn or after `max_tokens`; a cut-off last line is dropped. Since one
+        evidence line is at most prompt.MAX_LINE_CHARS characters (>= 1 char per token), a budget
+        above that always leaves at least one complete line, so the result always parses.
+        """
         sampler = self._sampler(match)
         lc.llama_sampler_reset(sampler)
         suffix = self.tokenize(prompt.pair_suffix(a, b))
         pos = len(self.prefix)
         lc.llama_memory_seq_cp(self.mem, 0, 1, -1, -1)
-        text = b""
+        text, finished = b"", False
         try:
             idx = self._decode([(suffix, 1, pos)])[0]
             pos += len(suffix)
             for _ in range(max_tokens):
                 tok = lc.llama_sampler_sample(sampler, self.ctx, idx)  # also accepts the token
                 if lc.llama_vocab_is_eog(self.vocab, tok):
+                    finished = True
                     break
                 text += self.piece(tok)
                 idx = self._decode([([tok], 1, pos)])[0]
                 pos += 1
         finally:
             lc.llama_memory_seq_rm(self.mem, 1, -1, -1)
-        return text.decode("utf-8", "replace")
+        text = text.decode("utf-8", "replace")
+        return text if finished else prompt.complete_lines(text)
 
     def explain(self, pairs: Sequence[tuple[str, str]], threshold: float | None = None) -> list[prompt.Answer]:
         cut = threshold if threshold is not None else (self.threshold or 0.5)

@@ -1,0 +1,28 @@
+# The README's commands. Each target creates .venv and installs what it needs on first use.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON) (set PYTHON=...)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	# torch==2.13.0 first: the CPU build on local disk (an unpinned torch would pull a CUDA build).
+	$(BIN)/pip install "torch==2.13.0"
+	$(BIN)/pip install -e ".[build,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/epm-edge match examples/retailer.csv examples/marketplace.csv \
+		--top-k 3 --one-to-one -o out/demo-matches.csv --force
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) out

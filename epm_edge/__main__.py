@@ -1,0 +1,3 @@
+from epm_edge.cli import main
+
+main()

@@ -1,0 +1,37 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("EPM_EDGE_DATA", ROOT.parent / "shared" / "data"))
+EXAMPLES = ROOT / "examples"
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA / "abt_buy" / "tableA.csv").exists():
+        pytest.fail(f"benchmark data not found at {DATA}; set EPM_EDGE_DATA")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def base_gguf() -> Path:
+    from epm_edge.model_store import base_gguf
+
+    return base_gguf()
+
+
+@pytest.fixture(scope="session")
+def f32_gguf(base_gguf, tmp_path_factory) -> Path:
+    """The bundled base dequantized to F32 by llama.cpp: numerically stable for exactness tests."""
+    import llama_cpp
+
+    out = tmp_path_factory.mktemp("gguf") / "base-f32.gguf"
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = llama_cpp.LLAMA_FTYPE_ALL_F32
+    params.allow_requantize = True
+    assert llama_cpp.llama_model_quantize(str(base_gguf).encode(), str(out).encode(), params) == 0
+    return out
