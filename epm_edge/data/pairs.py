@@ -50,6 +50,14 @@ class PairSet:
     def available_splits(self) -> list[str]:
         return [s for s in SPLITS if (self.root / f"{s}.csv").exists()]
 
+    def positives(self) -> set[tuple[str, str]]:
+        """The labelled matching (A id, B id) pairs of all splits: the reference for blocking recall."""
+        found = set()
+        for name in self.available_splits():
+            split = self.split(name)
+            found |= {(a, b) for a, b, y in zip(split.a_ids, split.b_ids, split.labels) if y == 1}
+        return found
+
 
 def load_pair_set(root: str | Path) -> PairSet:
     root = Path(root)

@@ -108,3 +108,12 @@ def pair_completeness(cands: Candidates, positives: set[tuple[str, str]]) -> flo
         return float("nan")
     found = set(zip(cands.a_ids, cands.b_ids)) & positives
     return len(found) / len(positives)
+
+
+def write_candidates(cands: Candidates, path) -> None:
+    import csv
+
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["a_id", "b_id", "similarity"])
+        w.writerows((a, b, f"{s:.4f}") for a, b, s in zip(cands.a_ids, cands.b_ids, cands.scores))
