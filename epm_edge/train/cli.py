@@ -1,0 +1,110 @@
+"""`epm-edge train sft|rl`: thin wrappers over train.sft.run_sft and train.rl.run_rl (heavy imports inside)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+def _dirs(value: str) -> list[Path]:
+    return [Path(d.strip()) for d in value.split(",") if d.strip()]
+
+
+def _data_options(f):
+    options = [
+        click.option("--data", required=True, help="Benchmark dir(s), comma-separated (DeepMatcher layout)."),
+        click.option("--neg-ratio", type=float, default=2.0, show_default=True, help="Negatives per positive."),
+        click.option("--max-per-set", type=int, default=None, help="Examples per set (balances sets)."),
+        click.option("--noise", type=float, default=0.3, show_default=True,
+                     help="Share of training pairs given seller noise (0: off)."),
+        click.option("--no-teacher", is_flag=True, help="Ignore teacher rationales (rationales_*.csv)."),
+        click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per record."),
+        click.option("--limit", type=int, default=None, help="Use only the first N training examples."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--base", default=None, help="Base model: HF dir or .gguf (default: bundled SmolLM2)."),
+        click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter output dir."),
+        click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT."),
+        click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps."),
+        click.option("--lr", type=float, default=None, help="Learning rate."),
+        click.option("--batch-size", type=int, default=None, help="Sequences per step (before accumulation)."),
+        click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
+        click.option("--no-bf16", is_flag=True, help="Train in fp32 (bf16 autocast is ~3x faster on CPU)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, seed):
+    from epm_edge.train.dataset import DataConfig
+
+    return DataConfig(_dirs(data), neg_ratio=neg_ratio, max_per_set=max_per_set, noise=noise,
+                      teacher=not no_teacher, record_tokens=record_tokens, seed=seed)
+
+
+def _given(**kw) -> dict:
+    """Options the user set; the rest keep the settings dataclass defaults."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@click.group()
+def train():
+    """Train the matcher: supervised LoRA (sft), then reinforcement learning (rl)."""
+
+
+@train.command()
+@_data_options
+@click.option("--epochs", type=float, default=None, help="Epochs (default 2; --max-steps overrides).")
+@click.option("--rank", type=int, default=None, help="LoRA rank (default 16).")
+@click.option("--alpha", type=int, default=None, help="LoRA alpha (default 2x rank).")
+@click.option("--eval-steps", type=int, default=None, help="Evaluate and checkpoint every N steps (default 200).")
+@click.option("--eval-limit", type=int, default=None, help="Validation examples per evaluation (default 400).")
+@click.option("--qlora", is_flag=True, help="Load the base in 4-bit (bitsandbytes nf4).")
+def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora):
+    """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    if rank is not None and alpha is None:
+        alpha = 2 * rank
+    s = SFTSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, seed), out,
+                    base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16,
+                    **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                             epochs=epochs, rank=rank, alpha=alpha, eval_steps=eval_steps, eval_limit=eval_limit))
+    click.echo(f"adapter: {run_sft(s)}")
+
+
+@train.command()
+@_data_options
+@click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The SFT adapter dir to start from.")
+@click.option("--weights", default=None, help="Reward weights format,label,judge (default 0.2,0.5,0.3).")
+@click.option("--judge", default="evidence", show_default=True,
+              help="`evidence` (offline, deterministic) or a .gguf path for an LLM judge.")
+@click.option("--rubric", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="LLM judge prompt file with {a}, {b} and {answer}.")
+@click.option("--num-generations", type=int, default=None, help="Sampled answers per prompt (default 4).")
+@click.option("--max-completion-length", type=int, default=None, help="Tokens per sampled answer (default 96).")
+@click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
+@click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
+def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+       lr, batch_size, grad_accum, no_bf16, init, weights, judge, rubric, num_generations, max_completion_length,
+       beta, save_steps):
+    """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
+    from epm_edge.train.rl import RLSettings, run_rl
+
+    if weights is not None:
+        try:
+            weights = tuple(float(w) for w in weights.split(","))
+        except ValueError:
+            weights = ()
+        if len(weights) != 3:
+            raise click.BadParameter("three comma-separated numbers: format,label,judge", param_hint="--weights")
+    s = RLSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, seed), init, out,
+                   base=base, judge=judge, rubric=rubric.read_text() if rubric else None, limit=limit, seed=seed,
+                   resume=resume, bf16=not no_bf16,
+                   **_given(weights=weights, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                            num_generations=num_generations, max_completion_length=max_completion_length, beta=beta,
+                            save_steps=save_steps))
+    click.echo(f"adapter: {run_rl(s)}")

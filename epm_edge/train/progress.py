@@ -1,0 +1,48 @@
+"""One progress line per logging step: step, metrics, tokens/s and ETA.
+
+Plain lines rather than a live bar, because long runs go to a log file under nohup. Imported only
+from inside the training functions (it needs transformers).
+"""
+
+from __future__ import annotations
+
+import time
+
+from transformers import TrainerCallback
+
+from epm_edge.console import err
+
+
+# Logged keys left out of the line: timings it shows itself, and trl's many distribution details.
+_NOISY = ("runtime", "per_second", "num_tokens", "num_input_tokens", "flos", "epoch", "step_time", "clip_ratio",
+          "/std", "frac_reward", "completions/min", "completions/max", "terminated")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressCallback(TrainerCallback):
+    """Prints `step i/n`, the logged metrics, tokens/s since start and the ETA."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.start = self.start_step = self.start_tokens = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed run starts at its checkpoint's step: rate and ETA count from there.
+        self.start, self.start_step, self.start_tokens = time.perf_counter(), state.global_step, state.num_input_tokens_seen
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.start is None or not logs:
+            return
+        elapsed = time.perf_counter() - self.start
+        done = state.global_step - self.start_step
+        eta = elapsed / done * (state.max_steps - state.global_step) if done else 0.0
+        tokens = state.num_input_tokens_seen - self.start_tokens
+        shown = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not any(n in k for n in _NOISY)}
+        metrics = " ".join(f"{k}={v:.4g}" for k, v in shown.items())
+        rate = f" {tokens / elapsed:.0f} tok/s" if tokens and elapsed else ""
+        err.print(f"[bold]{self.label}[/] step {state.global_step}/{state.max_steps} {metrics}{rate} "
+                  f"elapsed {_clock(elapsed)} ETA {_clock(eta)}", highlight=False, soft_wrap=True)

@@ -1,0 +1,231 @@
+"""Training: data builder, teacher conversion, rewards and judge on real pairs; SFT and RL end to end
+on a tiny random llama (real tokenizer) that must change the adapter."""
+
+import random
+
+import pytest
+
+from epm_edge import prompt
+from epm_edge.data import load_pair_set, serialize_record
+from epm_edge.data.augment import add_seller_noise
+from epm_edge.errors import EpmError
+from epm_edge.train.dataset import DataConfig, build_examples
+from epm_edge.train.evidence import silver_evidence
+from epm_edge.train.judge import EvidenceJudge
+from epm_edge.train.rewards import format_reward, label_reward, parse_strict
+from epm_edge.train.teacher import read_teacher_rationales
+
+
+@pytest.fixture(scope="session")
+def teacher(data_dir):
+    return read_teacher_rationales(data_dir / "wdc_products" / "rationales_gpt4.csv")
+
+
+def test_teacher_rationales_convert_to_the_schema(teacher):
+    assert len(teacher) == 2790
+    sony = teacher[0]
+    ta, tb = serialize_record({"title": sony.title_a}), serialize_record({"title": sony.title_b})
+    answer = sony.answer(ta, tb)
+    assert answer.match and answer.evidence[0] == prompt.Evidence("model", "FE 24-240mm F/3.5-6.3 OSS Lens",
+                                                                  "FE 24-240mm f3.5-6.3 OSS Lens", "same")
+    # the teacher cites currencies PLN/GBP, which titles do not show: that line is dropped
+    assert "currency" not in {e.attribute for e in answer.evidence}
+    converted = 0
+    for r in teacher:
+        ta, tb = serialize_record({"title": r.title_a}), serialize_record({"title": r.title_b})
+        answer = r.answer(ta, tb)
+        if answer is None:
+            continue
+        converted += 1
+        assert parse_strict(answer.text() + prompt.END_OF_TURN) == answer
+    assert converted > 0.9 * len(teacher)
+
+
+def test_examples_parse_balance_and_use_teacher(data_dir):
+    cfg = DataConfig([data_dir / "abt_buy", data_dir / "wdc_products"], max_per_set=300, seed=1)
+    train = build_examples(cfg, "train")
+    assert train == build_examples(cfg, "train")  # seeded
+    assert {e["set"] for e in train} == {"abt_buy", "wdc_products"}
+    for name in ("abt_buy", "wdc_products"):
+        labels = [e["label"] for e in train if e["set"] == name]
+        assert len(labels) == 300 and sum(labels) == 100
+    assert {e["source"] for e in train} == {"teacher", "silver"}
+    for e in train:
+        assert e["prompt"] == prompt.full_prompt(e["text_a"], e["text_b"])
+        assert e["completion"].endswith(prompt.END_OF_TURN)
+        assert parse_strict(e["completion"]).match == bool(e["label"])
+    wdc = [e for e in build_examples(DataConfig([data_dir / "wdc_products"], neg_ratio=3.0), "train")]
+    hard = load_pair_set(data_dir / "wdc_products").split("train").hard_negative.sum()
+    assert sum(1 for e in wdc if not e["label"]) >= hard  # every hard negative kept
+
+
+def test_test_split_is_never_read(data_dir, monkeypatch):
+    from epm_edge.data import pairs
+
+    read, original = [], pairs.read_pairs
+    monkeypatch.setattr(pairs, "read_pairs", lambda path, a, b: read.append(path.name) or original(path, a, b))
+    cfg = DataConfig([data_dir / "amazon_google", data_dir / "wdc_products"], max_per_set=60)
+    build_examples(cfg, "train")
+    build_examples(cfg, "valid")
+    assert read and "test.csv" not in read
+    with pytest.raises(EpmError, match="test"):
+        build_examples(cfg, "test")
+
+
+def test_seller_noise_preserves_label_and_evidence(data_dir):
+    clean = build_examples(DataConfig([data_dir / "walmart_amazon"], max_per_set=90, noise=0.0), "train")
+    noisy = build_examples(DataConfig([data_dir / "walmart_amazon"], max_per_set=90, noise=1.0), "train")
+    assert [e["label"] for e in clean] == [e["label"] for e in noisy]
+    assert all(e["noise"] for e in noisy) and not any(e["noise"] for e in clean)
+    assert sum(c["prompt"] != n["prompt"] for c, n in zip(clean, noisy)) == len(clean)
+    # the phrases carry no codes, quantities or colours: the evidence stays as it was
+    ps = load_pair_set(data_dir / "abt_buy")
+    split = ps.split("train")
+    rng = random.Random(0)
+    for a_id, b_id, label in list(zip(split.a_ids, split.b_ids, split.labels))[:200]:
+        a, b = ps.a.records[a_id], ps.b.records[b_id]
+        na = add_seller_noise(a, rng)
+        assert na["name"] != a["name"] and a["name"] in na["name"]
+        # a budget large enough that the longer title does not push other fields out
+        text_a, noisy_a, text_b = (serialize_record(r, 1000) for r in (a, na, b))
+        assert silver_evidence(a, b, noisy_a, text_b, bool(label)) == silver_evidence(a, b, text_a, text_b, bool(label))
+
+
+def test_silver_evidence_on_a_real_match(data_dir):
+    ps = load_pair_set(data_dir / "abt_buy")
+    a = ps.a.records["0"]  # sony turntable pslx350h
+    b = next(r for r in ps.b.records.values() if "pslx350h" in r["name"].lower().replace("-", ""))
+    ev = silver_evidence(a, b, serialize_record(a), serialize_record(b))
+    assert prompt.Evidence("brand", "sony", "sony", "same") in ev
+    assert any(e.attribute == "model" and e.verdict == "same" for e in ev)
+
+
+@pytest.fixture(scope="session")
+def real_examples(data_dir):
+    return build_examples(DataConfig([data_dir / "abt_buy"], max_per_set=30), "valid")
+
+
+def _fabricated(match: bool) -> str:
+    """A well-formed, self-consistent rationale whose values occur in no listing."""
+    verdict = "same" if match else "different"
+    return prompt.Answer(match, [prompt.Evidence("brand", "acme", "acme" if match else "zenix", verdict),
+                                 prompt.Evidence("model", "zx9000", "zx9000" if match else "qq77", verdict)]).text()
+
+
+def test_reward_components_on_real_examples(real_examples):
+    judge = EvidenceJudge()
+    pos = next(e for e in real_examples if e["label"])
+    gold = pos["completion"]
+    wrong = gold.replace(prompt.YES, prompt.NO, 1)
+    malformed = "Maybe these match, the brand looks similar."
+    assert format_reward([gold, malformed, wrong]) == [1.0, 0.0, 1.0]
+    assert label_reward([gold, wrong, malformed], label=[1, 1, 1]) == [1.0, 0.0, 0.0]
+    assert judge.score_one(malformed, pos["text_a"], pos["text_b"]) == 0.0
+    for e in real_examples:  # grounded rationales beat fabricated ones with the same decision
+        fabricated = _fabricated(bool(e["label"]))
+        assert format_reward([fabricated]) == [1.0]
+        assert judge.score_one(e["completion"], e["text_a"], e["text_b"]) > \
+            judge.score_one(fabricated, e["text_a"], e["text_b"])
+
+
+# -- end to end on a tiny model ---------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tiny_base(base_gguf, tmp_path_factory):
+    """A 2-layer llama with the real SmolLM2 tokenizer. Its output layer favours the tokens `Yes`, `No`,
+    newline and end of turn, so sampled answers sometimes start with the gold decision: GRPO needs
+    rewards that differ within a group to produce a gradient."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 8.0  # a constant direction every position carries
+        model.lm_head.weight.zero_()
+        for word in (prompt.YES, prompt.NO, "\n", prompt.END_OF_TURN):
+            model.lm_head.weight[tok.convert_tokens_to_ids(tok.tokenize(word))[0], 0] = 4.0
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def _adapter(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def sft_adapter(tiny_base, data_dir, tmp_path_factory):
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    out = tmp_path_factory.mktemp("sft")
+    run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"], record_tokens=16), out, base=str(tiny_base),
+                        max_steps=2, batch_size=2, grad_accum=2, limit=8, eval_steps=2, eval_limit=4,
+                        logging_steps=1, rank=4, alpha=8, max_length=256))
+    return out
+
+
+def test_sft_end_to_end_changes_adapter(sft_adapter, data_dir):
+    import torch
+
+    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    weights = _adapter(sft_adapter)
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.dtype == torch.float16 for v in weights.values())
+    assert any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: nonzero means it trained
+    meta = read_sidecar(sft_adapter)
+    assert meta["prompt_version"] == prompt.PROMPT_VERSION and len(meta["base_sha256"]) == 64
+    assert meta["result"]["steps"] == 2 and "eval_f1_tuned" in meta["result"]["valid"]
+    assert list((sft_adapter / "checkpoints").glob("checkpoint-*"))
+    with pytest.raises(EpmError, match="--resume"):  # an earlier run's checkpoints are never overwritten
+        run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"]), sft_adapter))
+
+
+def test_rl_end_to_end_changes_adapter(sft_adapter, tiny_base, data_dir, tmp_path):
+    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.train.rl import RLSettings, run_rl
+
+    out = tmp_path / "rl"
+    run_rl(RLSettings(DataConfig([data_dir / "abt_buy"], record_tokens=16), sft_adapter, out,
+                      base=str(tiny_base), max_steps=2, batch_size=16, num_generations=8,
+                      max_completion_length=8, temperature=1.0, lr=1e-2, limit=16, save_steps=2))
+    before, after = _adapter(sft_adapter), _adapter(out)
+    assert before.keys() == after.keys()
+    assert any(not (before[k].float() == after[k].float()).all() for k in before)
+    meta = read_sidecar(out)
+    assert meta["stage"] == "rl" and meta["init"]["adapter"] == str(sft_adapter)
+    for part in ("format_reward", "label_reward", "judge_reward"):
+        assert f"rewards/{part}/mean" in meta["result"]["last_rewards"]
+
+
+def test_llamacpp_judge_scores_with_a_local_gguf(base_gguf, real_examples):
+    from epm_edge.train.judge import LlamaCppJudge
+
+    judge = LlamaCppJudge(base_gguf, threads=2)
+    try:
+        e = real_examples[0]
+        good, malformed = judge.score([e["completion"], "no idea"], [e["text_a"]] * 2, [e["text_b"]] * 2)
+    finally:
+        judge.close()
+    assert 0.0 < good < 1.0 and malformed == 0.0
+
+
+def test_cli_has_train_commands():
+    from click.testing import CliRunner
+
+    from epm_edge.cli import main  # tests/test_imports.py checks that this stays free of torch
+
+    for cmd in (["train", "sft", "--help"], ["train", "rl", "--help"]):
+        result = CliRunner().invoke(main, cmd)
+        assert result.exit_code == 0 and "--out" in result.output
+    result = CliRunner().invoke(main, ["train", "rl", "--data", "x", "--out", "y", "--init", ".", "--weights", "1,2"])
+    assert result.exit_code != 0 and "format,label,judge" in result.output
