@@ -1,0 +1,65 @@
+"""`epm-edge bench`: parse options, run the benchmark, write the report."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+
+def _ints(ctx, param, value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'") from None
+    if not out or min(out) < 1:
+        raise click.BadParameter("thread counts must be 1 or more")
+    return out
+
+
+@click.command()
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="Output dir of `epm-edge export` (or one .gguf / ONNX / HF dir). Default: the bundled base GGUF.")
+@click.option("--data", "data", required=True,
+              help="Benchmark dir(s) with tableA/tableB and split files, comma-separated.")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid", "train"]),
+              help="Split the figures are reported on (thresholds always come from valid).")
+@click.option("--limit", type=int, default=None, help="Use only the first N pairs of each split.")
+@click.option("--variants", default=None,
+              help="Comma-separated variant names or patterns, e.g. 'gguf-q4*,onnx-int8,tfidf' (default: all found).")
+@click.option("--threads", default=str(os.cpu_count() or 1), show_default=True, callback=_ints,
+              help="CPU threads; several comma-separated values measure each variant at each.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass (throughput).")
+@click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of every timing.")
+@click.option("--timing-pairs", type=click.IntRange(1), default=256, show_default=True,
+              help="Pairs (head of the split) scored in each repeated throughput run; accuracy uses the whole split.")
+@click.option("--latency-pairs", type=click.IntRange(1), default=32, show_default=True,
+              help="Pairs scored one at a time per repetition for the latency figures.")
+@click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per serialized record.")
+@click.option("--usd-per-core-hour", type=float, default=None,
+              help="Your price of one CPU core for an hour; adds cost per 1M pairs (no built-in prices).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
+@click.option("--fresh", is_flag=True, help="Re-measure variants already measured in OUT/raw with the same settings.")
+def bench(model, data, split, limit, variants, threads, batch_size, repeat, timing_pairs, latency_pairs,
+          record_tokens, usd_per_core_hour, out, fresh):
+    """Accuracy, throughput, latency, memory and cost of every exported variant, as a report."""
+    from epm_edge.bench.report import dataset_tables, write_report
+    from epm_edge.bench.run import BenchConfig, run_bench
+    from epm_edge.console import err
+    from epm_edge.model_store import default_model
+
+    cfg = BenchConfig(model=model or default_model(), data_dirs=[Path(d.strip()) for d in data.split(",") if d.strip()],
+                      out=out, split=split, limit=limit,
+                      variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
+                      threads=threads, batch_size=batch_size, repeat=repeat, timing_pairs=timing_pairs,
+                      latency_pairs=latency_pairs,
+                      record_tokens=record_tokens, usd_per_core_hour=usd_per_core_hour, fresh=fresh)
+    report = run_bench(cfg, log=err.print)
+    # The exact command goes into the report, so it can be reproduced (only when run as `epm-edge`).
+    command = shlex.join(["epm-edge", *sys.argv[1:]]) if Path(sys.argv[0]).name == "epm-edge" else None
+    files = write_report(report, out, command)
+    click.echo("\n".join(dataset_tables(report)))
+    err.print("report: " + ", ".join(str(p) for p in files.values()))

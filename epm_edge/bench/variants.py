@@ -1,0 +1,99 @@
+"""What to benchmark: the variants an export dir holds, plus the TF-IDF baseline.
+
+Export dir layout (from `epm-edge export`): <dir>/merged/ (HF model), <dir>/onnx/<name>/,
+<dir>/gguf/*.gguf. The merged model also gives the bitsandbytes variants, quantized at load.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from epm_edge.errors import EpmError, ModelError
+
+
+@dataclass
+class Variant:
+    name: str  # e.g. gguf-q4_k_m, onnx-int8, hf-fp32, bnb-nf4, tfidf
+    runtime: str  # llamacpp | onnx | transformers | tfidf
+    path: str | None = None
+    options: dict = field(default_factory=dict)  # runtime-specific, e.g. {"bnb": "nf4"}
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def disk_size(path: str | Path | None) -> int | None:
+    """Bytes of a file, or of all files under a directory."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+
+
+def gguf_quant(path: Path) -> str:
+    """Quant type from the GGUF header (e.g. q4_k_m); file names are not trusted."""
+    import gguf
+    import llama_cpp as lc
+
+    from epm_edge.runtime.llamacpp import load_model, read_gguf_metadata
+
+    model = load_model(path, vocab_only=True)  # header + vocab only: fast
+    try:
+        file_type = read_gguf_metadata(model).get("general.file_type")
+    finally:
+        lc.llama_model_free(model)
+    if file_type is None:
+        return path.stem.lower()
+    return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+
+
+def _gguf_variants(files: list[Path]) -> list[Variant]:
+    out, seen = [], set()
+    for f in sorted(files, key=lambda f: -f.stat().st_size):  # highest precision first
+        name = f"gguf-{gguf_quant(f)}"
+        if name in seen:  # two files of one quant type: tell them apart by file name
+            name = f"gguf-{f.stem.lower()}"
+        seen.add(name)
+        out.append(Variant(name, "llamacpp", str(f)))
+    return out
+
+
+def discover(model: str | Path) -> list[Variant]:
+    """All variants of an export dir (or of a single .gguf / ONNX / HF dir), then the baseline."""
+    root = Path(model)
+    if not root.exists():
+        raise ModelError(f"{root}: model or export dir not found")
+    found: list[Variant] = []
+    if root.suffix == ".gguf":
+        found = _gguf_variants([root])
+    elif (root / "config.json").exists():
+        found = [Variant("hf-fp32", "transformers", str(root))]
+    elif any(root.glob("*.onnx")):
+        found = [Variant(f"onnx-{root.name}", "onnx", str(root))]
+    else:
+        merged = root / "merged"
+        if (merged / "config.json").exists():
+            found += [Variant("hf-fp32", "transformers", str(merged)),
+                      Variant("bnb-int8", "transformers", str(merged), {"bnb": "int8"}),
+                      Variant("bnb-nf4", "transformers", str(merged), {"bnb": "nf4"})]
+        onnx_dirs = [d for d in (root / "onnx").glob("*") if d.is_dir() and any(d.glob("*.onnx"))]
+        found += [Variant(f"onnx-{d.name}", "onnx", str(d)) for d in sorted(onnx_dirs, key=lambda d: -disk_size(d))]
+        found += _gguf_variants(list((root / "gguf").glob("*.gguf")))
+        if not found:
+            raise ModelError(f"{root}: no merged/, onnx/<variant>/ or gguf/*.gguf inside; "
+                             "pass the output dir of `epm-edge export`")
+    return found + [Variant("tfidf", "tfidf")]
+
+
+def select(variants: list[Variant], patterns: list[str] | None) -> list[Variant]:
+    """Variants matching any of the names or shell patterns (gguf-q4*), in discovery order."""
+    if not patterns:
+        return variants
+    for p in patterns:
+        if not any(fnmatch.fnmatch(v.name, p) for v in variants):
+            raise EpmError(f"--variants: '{p}' matches none of: {', '.join(v.name for v in variants)}")
+    return [v for v in variants if any(fnmatch.fnmatch(v.name, p) for p in patterns)]
