@@ -24,5 +24,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# The committed report: every variant of an export (`epm-edge export --out $(EXPORT)` first) on
+# the abt_buy and wdc_products test splits, on all cores of this host.
+EXPORT ?= epm-export
+DATA ?= ../shared/data
+BENCH_OUT ?= bench/reports/cpu-$(shell nproc)core
+BENCH_ARGS ?=
+bench: $(STAMP)
+	$(BIN)/epm-edge bench --model $(EXPORT) --data $(DATA)/abt_buy,$(DATA)/wdc_products \
+		--split test --repeat 3 --out $(BENCH_OUT) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) out

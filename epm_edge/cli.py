@@ -165,6 +165,36 @@ def eval_cmd(data_dir, split, limit, model_path, backend, threads, batch_size, t
 
 
 @main.command()
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
+              help="Benchmark dir with tableA.csv, tableB.csv and split files.")
+@click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record.")
+@click.option("--eval", "evaluate", is_flag=True, help="Report pair completeness against the labelled positives.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the candidates as CSV.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def block(data_dir, top_k, evaluate, output, as_json):
+    """Candidate pairs for a benchmark dir, with blocking quality (--eval)."""
+    from epm_edge.console import err, out
+    from epm_edge.data import load_pair_set
+    from epm_edge.match.blocking import block as make_candidates, pair_completeness, write_candidates
+
+    ps = load_pair_set(data_dir)
+    t0 = time.perf_counter()
+    cands = make_candidates(ps.a, ps.b, top_k=top_k)
+    result = {"data": str(data_dir), "top_k": top_k, "candidates": len(cands),
+              "reduction_ratio": 1 - len(cands) / (len(ps.a) * len(ps.b)), "seconds": time.perf_counter() - t0}
+    if evaluate:
+        positives = ps.positives()
+        result.update(positives=len(positives), pair_completeness=pair_completeness(cands, positives))
+    if output:
+        write_candidates(cands, output)
+        err.print(f"candidates: {output}")
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        out.print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+
+
+@main.command()
 def doctor():
     """Versions, CPU features, llama.cpp system info and default model status."""
     from epm_edge.console import out
@@ -174,3 +204,15 @@ def doctor():
 
 
 # Commands defined next to the stage they drive (each module keeps heavy imports inside functions).
+from epm_edge.bench.cli import bench  # noqa: E402
+
+main.add_command(bench)
+
+from epm_edge.train.cli import train  # noqa: E402
+
+main.add_command(train)
+
+from epm_edge.export.cli import export_cmd, verify_cmd  # noqa: E402
+
+main.add_command(export_cmd, "export")
+main.add_command(verify_cmd, "verify")

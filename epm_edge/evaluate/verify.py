@@ -1,0 +1,121 @@
+"""The verification gate: does each exported variant still match products like the reference?
+
+Every variant is scored through the runtime it ships for (transformers for the merged reference,
+llama.cpp for GGUF, ONNX Runtime for ONNX) on the same labelled pairs. The decision threshold is
+chosen once, maximizing the reference's F1 on these pairs, and applied to every variant, so
+"decision flips" are pairs whose match/no-match answer differs from the reference's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from epm_edge.data.pairs import LabelledPairs, PairSet
+from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
+from epm_edge.evaluate.scoring import score_pairs
+
+BACKEND = {"hf": "transformers", "gguf": "llamacpp", "onnx": "onnx"}
+
+
+@dataclass
+class Candidate:
+    name: str
+    format: str  # hf | gguf | onnx
+    quant: str
+    path: Path
+    max_delta_f1: float | None = None  # F1 points; None for the reference
+    max_flip_rate: float | None = None
+
+
+@dataclass
+class VariantResult:
+    name: str
+    format: str
+    quant: str
+    path: str
+    precision: float
+    recall: float
+    f1: float
+    delta_f1: float  # F1 - reference F1, as a fraction (x100 for points)
+    flip_rate: float
+    mean_abs_dp: float  # mean |P(match) - reference P(match)|
+    size_bytes: int
+    load_seconds: float
+    pairs_per_second: float
+    max_delta_f1: float | None
+    max_flip_rate: float | None
+    passed: bool
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Verification:
+    threshold: float
+    n_pairs: int
+    reference: VariantResult
+    variants: list[VariantResult]
+
+    @property
+    def failed(self) -> list[VariantResult]:
+        return [v for v in self.variants if not v.passed]
+
+
+def artifact_size(path: Path) -> int:
+    """Bytes on disk of a model file or a model dir's weights/graph files."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.iterdir()
+               if f.is_file() and f.suffix in (".safetensors", ".bin", ".onnx", ".onnx_data", ".data"))
+
+
+def _score(c: Candidate, ps: PairSet, pairs: LabelledPairs, record_tokens: int, threads: int | None,
+           batch_size: int) -> tuple[np.ndarray, float, float]:
+    from epm_edge.console import progress_bar
+    from epm_edge.runtime import load_scorer
+
+    start = time.perf_counter()
+    scorer = load_scorer(c.path, backend=BACKEND[c.format], threads=threads, batch_size=batch_size)
+    load = time.perf_counter() - start
+    try:
+        with progress_bar() as bar:
+            task = bar.add_task(c.name, total=len(pairs))
+            scores, seconds = score_pairs(scorer, ps, pairs, record_tokens=record_tokens, batch_size=batch_size,
+                                          on_batch=lambda n: bar.advance(task, n))
+    finally:
+        scorer.close()
+    return scores, load, len(pairs) / seconds if seconds else 0.0
+
+
+def verify(reference: Candidate, candidates: list[Candidate], ps: PairSet, pairs: LabelledPairs,
+           record_tokens: int = 64, threads: int | None = None, batch_size: int = 32,
+           log: Callable[[str], None] = lambda msg: None) -> Verification:
+    labels = pairs.labels
+    log(f"scoring {len(pairs)} pairs with the reference ({reference.name})")
+    ref_scores, load, rate = _score(reference, ps, pairs, record_tokens, threads, batch_size)
+    threshold = best_threshold(labels, ref_scores)
+    ref_m = compute_metrics(labels, ref_scores, threshold)
+    ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), ref_m.precision,
+                        ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0, artifact_size(reference.path), load, rate,
+                        None, None, True)
+    log(f"reference F1 {ref_m.f1:.3f} at threshold {threshold:.4f} ({rate:.1f} pairs/s)")
+    results = []
+    for c in candidates:
+        scores, load, rate = _score(c, ps, pairs, record_tokens, threads, batch_size)
+        m = compute_metrics(labels, scores, threshold)
+        delta, flips = m.f1 - ref_m.f1, flip_rate(ref_scores, scores, threshold)
+        # A small epsilon so a budget met exactly (e.g. 2 flips of 200 at 1 %) is not failed by rounding.
+        passed = abs(delta) * 100 <= c.max_delta_f1 + 1e-9 and flips <= c.max_flip_rate + 1e-9
+        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), m.precision, m.recall, m.f1, delta,
+                                     flips, float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
+                                     load, rate, c.max_delta_f1, c.max_flip_rate, passed))
+        log(f"{c.name}: F1 {m.f1:.3f} (delta {delta * 100:+.2f} pt), flips {flips:.1%}, "
+            f"{rate:.1f} pairs/s, {'pass' if passed else 'FAIL'}")
+    return Verification(threshold, len(pairs), ref, results)

@@ -1,0 +1,118 @@
+"""ONNX Runtime scorer for variants written by `epm-edge export` (graph: optimum
+`text-generation-with-past`, logits of the last position only).
+
+Same prompt and tokens as llama.cpp: the instruction prefix and the pair suffix are tokenized on
+their own. The prefix is run once; its past key/values are repeated over each batch, and the
+batch's suffixes are left-padded after it:
+
+    [prefix][pad pad][suffix tokens]     attention_mask 1..1 0 0 1..1, positions P, P+1, ...
+
+so every pair sees exactly the positions it has in llama.cpp, and padding is masked out.
+Needs onnxruntime and tokenizers, not torch.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from epm_edge import prompt
+from epm_edge.errors import ModelError
+from epm_edge.runtime.provenance import read_sidecar
+
+MODEL_FILE = "model.onnx"
+
+
+class OnnxScorer:
+    name = "onnx"
+
+    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32,
+                 reuse_prefix: bool = True):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        path = Path(path)
+        self.path = path.parent if path.suffix == ".onnx" else path
+        model_file = path if path.suffix == ".onnx" else path / MODEL_FILE
+        if not model_file.is_file():
+            raise ModelError(f"{model_file}: ONNX model not found")
+        if not (self.path / "tokenizer.json").exists():
+            raise ModelError(f"{self.path}: tokenizer.json missing next to the ONNX model")
+        self.metadata = read_sidecar(self.path)
+        self.threshold = self.metadata.get("threshold")
+        self.batch_size = batch_size
+        self.reuse_prefix = reuse_prefix
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"{model_file}: ONNX Runtime cannot load this model: {e}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith("past_key_values.")]
+        if not self.past_names or "position_ids" not in inputs:
+            raise ModelError(f"{model_file}: not a text-generation-with-past export (no past inputs)")
+        _, self.kv_heads, _, self.head_dim = inputs[self.past_names[0]].shape
+        self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
+
+        self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
+        self.prefix = self._ids(prompt.PREFIX)
+        self.yes, self.no = self._single(prompt.YES), self._single(prompt.NO)
+        self.pad = self.tokenizer.token_to_id("<|endoftext|>") or 0
+        self.prefix_past = self._run_prefix() if reuse_prefix else None
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _single(self, text: str) -> int:
+        ids = self._ids(text)
+        if len(ids) != 1:
+            raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
+        return ids[0]
+
+    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
+        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
+
+    def _run_prefix(self) -> list[np.ndarray]:
+        n = len(self.prefix)
+        feed = {"input_ids": np.array([self.prefix], np.int64), "attention_mask": np.ones((1, n), np.int64),
+                "position_ids": np.arange(n, dtype=np.int64)[None], **self._empty_past(1)}
+        return self.session.run(self.present_names, feed)
+
+    def _batch_inputs(self, seqs: list[list[int]], start: int) -> dict[str, np.ndarray]:
+        """Left-padded ids, mask (past + new) and positions continuing from `start`."""
+        width = max(map(len, seqs))
+        ids = np.full((len(seqs), width), self.pad, np.int64)
+        mask = np.zeros((len(seqs), start + width), np.int64)
+        mask[:, :start] = 1
+        pos = np.full((len(seqs), width), start, np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, width - len(s):] = s
+            mask[i, start + width - len(s):] = 1
+            pos[i, width - len(s):] = np.arange(start, start + len(s))
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        out = np.empty(len(pairs), dtype=np.float64)
+        for lo in range(0, len(pairs), self.batch_size):
+            suffixes = [self._ids(prompt.pair_suffix(a, b)) for a, b in pairs[lo:lo + self.batch_size]]
+            n = len(suffixes)
+            if self.reuse_prefix:
+                feed = self._batch_inputs(suffixes, len(self.prefix))
+                feed.update({name: np.repeat(kv, n, axis=0) for name, kv in zip(self.past_names, self.prefix_past)})
+            else:
+                feed = self._batch_inputs([self.prefix + s for s in suffixes], 0)
+                feed.update(self._empty_past(n))
+            logits = self.session.run(["logits"], feed)[0][:, -1, :]
+            for i, row in enumerate(logits):
+                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]))
+        return out
+
+    def close(self) -> None:
+        self.session = None
+        self.prefix_past = None

@@ -1,0 +1,394 @@
+"""Export: merge, GGUF conversion and quantization, ONNX, verification gate, provenance, errors.
+
+The whole pipeline runs on a tiny randomly initialised llama (hidden 64, 2 layers) that uses the
+real SmolLM2 tokenizer (taken from the bundled GGUF), so tokenization, the prompt and the Yes/No
+tokens are the real ones while every runtime stays fast. The GGUF converter is also checked on
+the real SmolLM2 model against transformers.
+"""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from epm_edge import prompt
+from epm_edge.errors import EpmError, ModelError
+
+TINY_RECIPE = """
+[verify]
+split = "valid"
+record_tokens = 32
+{variants}
+"""
+VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-q8_0", "gguf", "Q8_0"), ("gguf-q4_k_m", "gguf", "Q4_K_M"),
+            ("gguf-q4_0", "gguf", "Q4_0"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"),
+            ("onnx-int8-block", "onnx", "int8-block"), ("onnx-int4", "onnx", "int4")]
+
+
+def recipe_text() -> str:
+    """Every variant kind, with budgets a random model always meets (the gate is tested apart)."""
+    variants = "".join(f'\n[[variants]]\nname = "{n}"\nformat = "{f}"\nquant = "{q}"\n'
+                       "max_delta_f1 = 100\nmax_flip_rate = 1\n" for n, f, q in VARIANTS)
+    return TINY_RECIPE.format(variants=variants)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory, base_gguf) -> Path:
+    """A random 2-layer llama with the SmolLM2 tokenizer, saved as an HF dir."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from epm_edge.export.merge import _match_llamacpp_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-base")
+    torch.manual_seed(0)
+    # A larger init scale than the default 0.02 so P(match) varies between pairs.
+    config = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         rope_theta=100000.0, tie_word_embeddings=True, initializer_range=0.1,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    LlamaForCausalLM(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_gguf.parent, gguf_file=base_gguf.name).save_pretrained(out)
+    _match_llamacpp_tokenizer(out, base_gguf)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
+    """A LoRA adapter for the tiny base with non-zero B, so merging changes the outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-adapter")
+    torch.manual_seed(1)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A 16-pair labelled set in the DeepMatcher layout."""
+    root = tmp_path_factory.mktemp("pairs")
+    brands = ["sony", "samsung", "lg", "philips", "canon", "nikon", "bose", "jbl"]
+    with open(root / "tableA.csv", "w", newline="") as fa, open(root / "tableB.csv", "w", newline="") as fb:
+        wa, wb = csv.writer(fa), csv.writer(fb)
+        wa.writerow(["id", "title", "price"])
+        wb.writerow(["id", "title", "price"])
+        for i, b in enumerate(brands):
+            wa.writerow([i, f"{b} model {100 + i}x black", f"{19 + i}.99"])
+            wb.writerow([i, f"{b.upper()} {100 + i}X - black - free shipping", f"{19 + i}.95"])
+    with open(root / "valid.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ltable_id", "rtable_id", "label"])
+        for i in range(len(brands)):
+            w.writerow([i, i, 1])
+            w.writerow([i, (i + 3) % len(brands), 0])
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tiny_base, tiny_adapter, tiny_data, tmp_path_factory) -> Path:
+    from epm_edge.cli import main
+
+    root = tmp_path_factory.mktemp("export")
+    recipe = root / "recipe.toml"
+    recipe.write_text(recipe_text())
+    out = root / "exp"
+    result = CliRunner().invoke(main, ["export", "--recipe", str(recipe), "--base", str(tiny_base), "--adapter",
+                                       str(tiny_adapter), "--out", str(out), "--data", str(tiny_data)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_export_layout_and_report(tiny_export):
+    report = json.loads((tiny_export / "report.json").read_text())
+    assert {v["name"] for v in report["variants"]} == {n for n, _, _ in VARIANTS}
+    for v in report["variants"]:
+        assert {"name", "format", "quant", "path", "f1", "delta_f1", "flip_rate", "size_bytes",
+                "pairs_per_second", "passed"} <= v.keys()
+        assert (tiny_export / v["path"]).exists()
+        assert v["passed"] and v["size_bytes"] > 0 and v["pairs_per_second"] > 0
+    assert 0.0 <= report["threshold"] <= 1.0
+    assert sorted(p.name for p in (tiny_export / "gguf").iterdir()) == [
+        "model-F16.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf", "model-Q8_0.gguf"]
+    assert sorted(p.name for p in (tiny_export / "onnx").iterdir()) == ["fp32", "int4", "int8", "int8-block"]
+    assert (tiny_export / "merged" / "model.safetensors").exists()
+    assert "| onnx-int4 |" in (tiny_export / "report.md").read_text()
+    assert not list(tiny_export.parent.glob(".exp.tmp-*"))  # the temp build dir was renamed away
+
+
+def test_full_precision_variants_agree_with_reference(tiny_export):
+    """F16 GGUF in llama.cpp and fp32 ONNX in ORT score like the merged model in transformers."""
+    report = json.loads((tiny_export / "report.json").read_text())
+    by_name = {v["name"]: v for v in report["variants"]}
+    # fp32 ONNX: same arithmetic up to kernel order. F16 GGUF: weights rounded to 11 bits.
+    assert by_name["onnx-fp32"]["mean_abs_dp"] < 1e-4
+    assert by_name["gguf-f16"]["mean_abs_dp"] < 5e-3
+    assert by_name["onnx-fp32"]["flip_rate"] == 0
+
+
+def test_int4_onnx_is_small(tiny_export):
+    """The tied embedding/lm_head is quantized and stored once: the fp32 export holds it twice, so
+    int4 (4 bits + a 32-bit scale per 32 weights) must come in under a tenth of fp32; block int8
+    quantizes the embedding Gather too (both copies at ~9 bits: under a third)."""
+    import onnx
+
+    fp32 = (tiny_export / "onnx" / "fp32" / "model.onnx").stat().st_size
+    int4 = tiny_export / "onnx" / "int4" / "model.onnx"
+    assert int4.stat().st_size < fp32 / 10
+    assert "epm_shared_embedding" in {n.name for n in onnx.load(str(int4)).graph.node}
+    assert (tiny_export / "onnx" / "int8-block" / "model.onnx").stat().st_size < fp32 / 3
+
+
+def test_provenance_in_artifacts(tiny_export, tiny_adapter):
+    from epm_edge.export.merge import adapter_sha256
+    from epm_edge.runtime import load_scorer
+
+    report = json.loads((tiny_export / "report.json").read_text())
+    scorer = load_scorer(tiny_export / "gguf" / "model-Q4_K_M.gguf")
+    try:
+        assert scorer.threshold == pytest.approx(report["threshold"], abs=1e-6)
+        meta = scorer.metadata
+    finally:
+        scorer.close()
+    assert meta["quant"] == "Q4_K_M"
+    assert meta["prompt_version"] == prompt.PROMPT_VERSION
+    assert meta["adapter_sha256"] == adapter_sha256(tiny_adapter)
+    assert len(meta["base_sha256"]) == 64 and meta["version"]
+    assert meta["verify.passed"] == "true" and float(meta["verify.f1"]) >= 0
+    onnx = load_scorer(tiny_export / "onnx" / "int8")
+    assert onnx.threshold == report["threshold"] and onnx.metadata["quant"] == "int8"
+    assert onnx.metadata["adapter_sha256"] == meta["adapter_sha256"]
+    onnx.close()
+
+
+def test_merge_equals_peft_model(tiny_base, tiny_adapter, tiny_export):
+    """The merged checkpoint computes what base + adapter computes in peft."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.tensor([[1, 200, 300, 400, 500]])
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), tiny_adapter).eval()
+    merged = AutoModelForCausalLM.from_pretrained(tiny_export / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
+    with torch.no_grad():
+        want, got, plain = peft_model(ids).logits, merged(ids).logits, base(ids).logits
+    assert torch.allclose(want, got, atol=1e-4)
+    assert not torch.allclose(plain, got, atol=1e-2)  # the adapter really changed the model
+
+
+def test_verify_fails_over_budget_and_names_variant(tiny_export):
+    """`epm-edge verify --export` re-checks with the recipe stored in the export (edited here to
+    hold one variant that cannot pass and one that does)."""
+    from epm_edge.cli import main
+
+    stored = (tiny_export / "recipe.toml").read_text()
+    (tiny_export / "recipe.toml").write_text(
+        '[[variants]]\nname = "gguf-q4_0"\nformat = "gguf"\nquant = "Q4_0"\nmax_delta_f1 = 100\nmax_flip_rate = -1\n'
+        '[[variants]]\nname = "onnx-int8"\nformat = "onnx"\nquant = "int8"\nmax_delta_f1 = 100\nmax_flip_rate = 1\n')
+    try:
+        result = CliRunner().invoke(main, ["verify", "--export", str(tiny_export), "--limit", "6"])
+        assert result.exit_code == 2
+        assert "over budget: gguf-q4_0 " in result.output
+        result = CliRunner().invoke(main, ["verify", "--export", str(tiny_export), "--limit", "6", "--allow-fail"])
+        assert result.exit_code == 0, result.output
+        report = json.loads((tiny_export / "report.json").read_text())
+        assert report["passed"] is False and report["n_pairs"] == 6
+    finally:
+        (tiny_export / "recipe.toml").write_text(stored)
+
+
+def test_export_refuses_to_overwrite(tiny_export, tiny_base):
+    from epm_edge.cli import main
+
+    result = CliRunner().invoke(main, ["export", "--base", str(tiny_base), "--out", str(tiny_export)])
+    assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+def _tiny_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2)
+
+
+def _base(sha="0" * 64):
+    from epm_edge.export.merge import BaseModel
+
+    return BaseModel(Path("/nonexistent"), sha, None)
+
+
+def test_adapter_errors(tmp_path, tiny_adapter):
+    import shutil
+
+    from epm_edge.export.merge import check_adapter
+
+    with pytest.raises(ModelError, match="adapter dir not found"):
+        check_adapter(tmp_path / "missing", _base(), _tiny_config())
+    (tmp_path / "no-config").mkdir()
+    with pytest.raises(ModelError, match="no adapter_config.json"):
+        check_adapter(tmp_path / "no-config", _base(), _tiny_config())
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ModelError, match="corrupt adapter config"):
+        check_adapter(corrupt, _base(), _tiny_config())
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
+    shutil.copy(tiny_adapter / "adapter_config.json", no_weights)
+    with pytest.raises(ModelError, match="adapter weights missing"):
+        check_adapter(no_weights, _base(), _tiny_config())
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_adapter, truncated)
+    (truncated / "adapter_model.safetensors").write_bytes(b"\x10\x00")
+    with pytest.raises(ModelError, match="corrupt adapter weights"):
+        check_adapter(truncated, _base(), _tiny_config())
+
+
+def test_adapter_for_other_base(tmp_path, tiny_adapter):
+    import shutil
+
+    from epm_edge.export.merge import check_adapter
+
+    bigger = _tiny_config()
+    bigger.hidden_size, bigger.intermediate_size = 128, 256
+    with pytest.raises(ModelError, match="different base"):
+        check_adapter(tiny_adapter, _base(), bigger)
+    stamped = tmp_path / "stamped"
+    shutil.copytree(tiny_adapter, stamped)
+    (stamped / "epm_edge.json").write_text(json.dumps({"base_sha256": "f" * 64}))
+    with pytest.raises(ModelError, match="matching --base"):
+        check_adapter(stamped, _base("0" * 64), _tiny_config())
+
+
+def test_unknown_quant_types(tmp_path):
+    from epm_edge.export import onnx_export, quantize
+    from epm_edge.export.recipe import load_recipe
+
+    with pytest.raises(ModelError, match="unknown GGUF quant type 'Q3_X'"):
+        quantize.check_quant("Q3_X")
+    with pytest.raises(ModelError, match="unknown ONNX quant type"):
+        onnx_export.check_quant("int2")
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[variants]]\nname = "x"\nformat = "gguf"\nquant = "Q9"\nmax_delta_f1 = 1\nmax_flip_rate = 0.1\n')
+    with pytest.raises(ModelError, match="Q9"):
+        load_recipe(bad)
+    bad.write_text('[[variants]]\nname = "x"\nformat = "tflite"\nquant = "int8"\n'
+                   'max_delta_f1 = 1\nmax_flip_rate = 0.1\n')
+    with pytest.raises(EpmError, match="format 'tflite'"):
+        load_recipe(bad)
+
+
+def test_default_recipe_builds_required_variants():
+    from epm_edge.export.recipe import load_recipe
+
+    recipe = load_recipe()
+    got = {(v.format, v.quant) for v in recipe.variants}
+    assert {("gguf", "Q8_0"), ("gguf", "Q4_K_M"), ("gguf", "Q4_0"), ("onnx", "int8"), ("onnx", "int4")} <= got
+    for v in recipe.variants:
+        bits8 = v.quant in ("Q8_0", "int8", "int8-block", "F16", "fp32")
+        assert (v.max_delta_f1, v.max_flip_rate) == ((0.5, 0.01) if bits8 else (1.5, 0.03))
+
+
+def test_unloadable_gguf_base(tmp_path, base_gguf):
+    from epm_edge.export.merge import resolve_base
+
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(base_gguf.read_bytes()[:4096])
+    with pytest.raises(ModelError, match="llama.cpp could not load"):
+        resolve_base(broken)
+    with pytest.raises(ModelError, match="base model not found"):
+        resolve_base(tmp_path / "none.gguf")
+
+
+def test_verify_needs_an_export_dir(tmp_path):
+    from epm_edge.cli import main
+
+    result = CliRunner().invoke(main, ["verify", "--export", str(tmp_path)])
+    assert result.exit_code == 2 and "not an epm-edge export dir" in result.output
+
+
+# -- the real model -----------------------------------------------------------------------------
+
+def _llamacpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
+    import llama_cpp as lc
+
+    from epm_edge.runtime.llamacpp import LlamaCppScorer
+
+    scorer = LlamaCppScorer(path, batch_size=1)
+    try:
+        suffix = tokens[len(scorer.prefix):]
+        assert tokens[:len(scorer.prefix)] == scorer.prefix
+        lc.llama_memory_seq_cp(scorer.mem, 0, 1, -1, -1)
+        idx = scorer._decode([(suffix, 1, len(scorer.prefix))])[0]
+        row = lc.llama_get_logits_ith(scorer.ctx, idx)
+        return np.ctypeslib.as_array(row, shape=(scorer.n_vocab,)).copy()
+    finally:
+        scorer.close()
+
+
+def test_gguf_round_trip_real_model(base_gguf, tmp_path):
+    """bundled GGUF -> HF (transformers) -> our F16 GGUF: llama.cpp gives the next-token logits
+    transformers gives for the same tokens.
+
+    Tolerance: F16 stores each weight with a relative error up to 2^-11; through 30 layers this
+    moves logits (spread ~±15 here) by a few hundredths. A wrong q/k permutation, a wrong tensor
+    name or a missing norm moves them by whole units and changes the top token, so
+    max |diff| < 0.25 with the same argmax and top-10 separates right from wrong with a wide margin.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from epm_edge.export.gguf_convert import convert
+    from epm_edge.export.merge import resolve_base
+
+    base = resolve_base(base_gguf)
+    ours = convert(base.hf_dir, tmp_path / "f16.gguf", source_gguf=base_gguf, metadata={"quant": "F16"})
+    ours_hf_tok = convert(base.hf_dir, tmp_path / "f16-hf-tok.gguf", metadata={"quant": "F16"})
+    tok = AutoTokenizer.from_pretrained(base.hf_dir)
+    text = prompt.pair_suffix("title: Sony PS-LX350H turntable; price: 99.99", "name: sony pslx350h belt drive")
+    tokens = [t for part in (prompt.PREFIX, text) for t in tok(part, add_special_tokens=False)["input_ids"]]
+    model = AutoModelForCausalLM.from_pretrained(base.hf_dir).eval()
+    with torch.no_grad():
+        want = model(torch.tensor([tokens])).logits[0, -1].numpy()
+    for path in (ours, ours_hf_tok):
+        got = _llamacpp_logits(path, tokens)
+        assert np.abs(got - want).max() < 0.25
+        assert got.argmax() == want.argmax()
+        assert set(np.argsort(-got)[:10]) == set(np.argsort(-want)[:10])
+
+
+def test_tokenizers_agree_real_model(base_gguf, tmp_path):
+    """transformers (dequantized base), llama.cpp on the source GGUF and on GGUFs we wrote (tokenizer
+    carried over, or rebuilt from tokenizer.json) split text identically, digits included."""
+    from transformers import AutoTokenizer
+
+    from epm_edge.export.gguf_convert import convert
+    from epm_edge.export.merge import resolve_base
+    from epm_edge.runtime.llamacpp import LlamaCppScorer
+
+    base = resolve_base(base_gguf)
+    tok = AutoTokenizer.from_pretrained(base.hf_dir)
+    rebuilt = convert(base.hf_dir, tmp_path / "hf-tok.gguf")
+    texts = [prompt.PREFIX, prompt.pair_suffix("title: Canon EOS 2000D 18-55mm; price: 1234.50 EUR", "café ß 日本"),
+             "  double  spaces\n\n\ttabs 0123456789"]
+    for path in (base_gguf, rebuilt):
+        scorer = LlamaCppScorer(path, batch_size=1)
+        try:
+            for t in texts:
+                assert scorer.tokenize(t) == tok(t, add_special_tokens=False)["input_ids"], (path.name, t)
+        finally:
+            scorer.close()
