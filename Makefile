@@ -30,7 +30,10 @@ EXPORT ?= epm-export
 DATA ?= ../shared/data
 BENCH_OUT ?= bench/reports/cpu-$(shell nproc)core
 BENCH_ARGS ?=
-bench: $(STAMP)
+$(EXPORT)/report.json: $(STAMP)
+	$(BIN)/epm-edge export --out $(EXPORT) --allow-fail
+
+bench: $(EXPORT)/report.json
 	$(BIN)/epm-edge bench --model $(EXPORT) --data $(DATA)/abt_buy,$(DATA)/wdc_products \
 		--split test --repeat 3 --out $(BENCH_OUT) $(BENCH_ARGS)
 
