@@ -26,10 +26,10 @@ import numpy as np
 
 from epm_edge import prompt
 from epm_edge.bench.hostinfo import host_facts
-from epm_edge.bench.measure import single_pair_seconds, timed_scores
+from epm_edge.bench.measure import single_pair_seconds
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.metrics import compute_metrics
-from epm_edge.evaluate.scoring import serialize_pairs
+from epm_edge.evaluate.scoring import score_texts, serialize_pairs
 from epm_edge.runtime import load_scorer
 
 
@@ -66,8 +66,8 @@ def measure(name, make, texts, labels, threshold, batch_size, repeat):
     t0 = time.perf_counter()
     scorer = make()
     load_s = time.perf_counter() - t0
-    timed_scores(scorer, texts[:batch_size], batch_size)  # warm-up
-    runs = [timed_scores(scorer, texts, batch_size) for _ in range(repeat)]
+    score_texts(scorer, texts[:batch_size], batch_size)  # warm-up
+    runs = [score_texts(scorer, texts, batch_size) for _ in range(repeat)]
     scores = runs[0][0]
     rates = [len(texts) / s for _, s in runs]
     thr = threshold if threshold is not None else (scorer.threshold or 0.5)

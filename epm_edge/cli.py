@@ -140,7 +140,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def eval_cmd(data_dir, split, limit, model_path, backend, threads, batch_size, threshold, record_tokens, as_json):
     """Precision, recall, F1 and speed on a labelled split."""
-    from epm_edge.console import err, out, progress_bar
+    from epm_edge.console import out, progress_bar
     from epm_edge.data import load_pair_set
     from epm_edge.evaluate.scoring import score_pairs
     from epm_edge.evaluate.metrics import compute_metrics
@@ -205,14 +205,10 @@ def doctor():
 
 # Commands defined next to the stage they drive (each module keeps heavy imports inside functions).
 from epm_edge.bench.cli import bench  # noqa: E402
-
-main.add_command(bench)
-
-from epm_edge.train.cli import train  # noqa: E402
-
-main.add_command(train)
-
 from epm_edge.export.cli import export_cmd, verify_cmd  # noqa: E402
+from epm_edge.train.cli import train  # noqa: E402
 
 main.add_command(export_cmd, "export")
 main.add_command(verify_cmd, "verify")
+main.add_command(train)
+main.add_command(bench)

@@ -7,17 +7,6 @@ import sys
 import time
 from typing import Sequence
 
-import numpy as np
-
-
-def timed_scores(scorer, texts: Sequence[tuple[str, str]], batch_size: int) -> tuple[np.ndarray, float]:
-    """Offline scoring in batches: (scores, seconds)."""
-    scores = np.empty(len(texts))
-    start = time.perf_counter()
-    for lo in range(0, len(texts), batch_size):
-        scores[lo:lo + batch_size] = scorer.score(texts[lo:lo + batch_size])
-    return scores, time.perf_counter() - start
-
 
 def single_pair_seconds(scorer, texts: Sequence[tuple[str, str]]) -> list[float]:
     """Single-stream latency: one pair per call, as a request-serving host would see it."""

@@ -15,7 +15,7 @@ import time
 
 from epm_edge.bench import measure
 from epm_edge.data import load_pair_set, serialize_record
-from epm_edge.evaluate.scoring import serialize_pairs
+from epm_edge.evaluate.scoring import score_texts, serialize_pairs
 
 # Part of every spec: bump when the result's fields change, so stored results are not reused.
 RESULT_VERSION = 2
@@ -49,13 +49,13 @@ def run(spec: dict) -> dict:
     for d in spec["datasets"]:
         pairs = texts[d["name"]]
         # Accuracy needs every pair once; the valid pass also warms caches before the timed runs.
-        valid_scores, _ = measure.timed_scores(scorer, pairs["valid"], spec["batch_size"])
-        scores, scoring_seconds = measure.timed_scores(scorer, pairs[d["split"]], spec["batch_size"])
+        valid_scores, _ = score_texts(scorer, pairs["valid"], spec["batch_size"])
+        scores, scoring_seconds = score_texts(scorer, pairs[d["split"]], spec["batch_size"])
         # Repeated timings run on a fixed head of the split: mean +- sd without rescoring it all.
         timed = pairs[d["split"]][:spec["timing_pairs"]]
         seconds, latency = [], []
         for _ in range(spec["repeat"]):
-            seconds.append(measure.timed_scores(scorer, timed, spec["batch_size"])[1])
+            seconds.append(score_texts(scorer, timed, spec["batch_size"])[1])
             latency += measure.single_pair_seconds(scorer, timed[:spec["latency_pairs"]])
         result["datasets"][d["name"]] = {"valid_scores": valid_scores.tolist(), "scores": scores.tolist(),
                                          "scoring_seconds": scoring_seconds, "timing_pairs": len(timed),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Sequence
 
 import numpy as np
 
@@ -16,10 +17,9 @@ def serialize_pairs(ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64) 
     return [(a[x], b[y]) for x, y in zip(pairs.a_ids, pairs.b_ids)]
 
 
-def score_pairs(scorer, ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64, batch_size: int = 32,
+def score_texts(scorer, texts: Sequence[tuple[str, str]], batch_size: int = 32,
                 on_batch=None) -> tuple[np.ndarray, float]:
-    """(P(match) per pair, seconds spent scoring)."""
-    texts = serialize_pairs(ps, pairs, record_tokens)
+    """(P(match) per serialized pair, seconds spent scoring), in batches of `batch_size`."""
     scores = np.empty(len(texts))
     start = time.perf_counter()
     for lo in range(0, len(texts), batch_size):
@@ -27,3 +27,9 @@ def score_pairs(scorer, ps: PairSet, pairs: LabelledPairs, record_tokens: int = 
         if on_batch:
             on_batch(min(batch_size, len(texts) - lo))
     return scores, time.perf_counter() - start
+
+
+def score_pairs(scorer, ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64, batch_size: int = 32,
+                on_batch=None) -> tuple[np.ndarray, float]:
+    """(P(match) per labelled pair, seconds spent scoring)."""
+    return score_texts(scorer, serialize_pairs(ps, pairs, record_tokens), batch_size, on_batch)
