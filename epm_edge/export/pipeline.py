@@ -15,6 +15,7 @@ from pathlib import Path
 from epm_edge import __version__
 from epm_edge.console import err
 from epm_edge.errors import EpmError
+from epm_edge.export.adapter_gguf import gguf_metadata
 from epm_edge.export.recipe import Recipe, VariantSpec
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
@@ -53,9 +54,7 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         log(f"merging {'adapter ' + str(adapter) if adapter else 'no adapter'} into {base_model.hf_dir}")
         prov = merge.merge(base_model, adapter, tmp / "merged")
         trained = read_sidecar(adapter) if adapter else {}
-        # "none" rather than "": GGUF writers drop empty strings, and the key should always be there.
-        meta = {"prompt_version": prov.prompt_version, "base_sha256": prov.base_sha256,
-                "adapter_sha256": prov.adapter_sha256 or "none", "version": __version__}
+        meta = gguf_metadata(prov)
         gguf_specs = [v for v in recipe.variants if v.format == "gguf"]
         onnx_specs = [v for v in recipe.variants if v.format == "onnx"]
         if gguf_specs:

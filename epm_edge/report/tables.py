@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.table import Table
 
 from epm_edge.data.catalog import Catalog
@@ -22,11 +24,16 @@ def match_table(rows: list[dict], a: Catalog, b: Catalog, limit: int = 30) -> Ta
     return table
 
 
-def metrics_table(result: dict) -> Table:
-    table = Table(title=f"{result['data']} / {result['split']}  ({result['backend']}: {result['model']})")
-    for col in ("pairs", "threshold", "precision", "recall", "F1", "accuracy", "pairs/s"):
+def metrics_table(results: list[dict]) -> Table:
+    """One row per evaluated set, and the mean F1 when there are several."""
+    first = results[0]
+    table = Table(title=f"{first['split']} split  ({first['backend']}: {first['model']})")
+    for col in ("set", "pairs", "threshold", "precision", "recall", "F1", "accuracy", "pairs/s"):
         table.add_column(col, justify="right")
-    table.add_row(str(result["n_pairs"]), f"{result['threshold']:.3f}", f"{result['precision']:.3f}",
-                  f"{result['recall']:.3f}", f"[bold]{result['f1']:.3f}[/]", f"{result['accuracy']:.3f}",
-                  f"{result['pairs_per_second']:.1f}")
+    for r in results:
+        thr = f"{r['threshold']:.3f}" + (f" ({r['threshold_tuned_on']})" if r["threshold_tuned_on"] else "")
+        table.add_row(Path(r["data"]).name, str(r["n_pairs"]), thr, f"{r['precision']:.3f}", f"{r['recall']:.3f}",
+                      f"[bold]{r['f1']:.3f}[/]", f"{r['accuracy']:.3f}", f"{r['pairs_per_second']:.1f}")
+    if len(results) > 1:
+        table.add_row("mean", "", "", "", "", f"[bold]{sum(r['f1'] for r in results) / len(results):.3f}[/]", "", "")
     return table

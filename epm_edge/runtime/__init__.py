@@ -14,15 +14,16 @@ BACKENDS = ("llamacpp", "onnx", "transformers")
 
 
 def detect_backend(model: str | Path) -> str:
-    """Guess the backend from the model path: .gguf -> llamacpp, dir with *.onnx -> onnx, HF dir -> transformers."""
+    """Guess the backend from the model path: .gguf or adapter dir -> llamacpp, dir with *.onnx -> onnx,
+    HF dir -> transformers."""
     path = Path(model)
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or (path / "adapter_config.json").exists():
         return "llamacpp"
     if path.is_dir() and any(path.glob("*.onnx")):
         return "onnx"
     if path.is_dir() and (path / "config.json").exists():
         return "transformers"
-    raise ModelError(f"{path}: not a .gguf file, an ONNX export dir or a Hugging Face model dir")
+    raise ModelError(f"{path}: not a .gguf file, a trained adapter dir, an ONNX export dir or a Hugging Face model dir")
 
 
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
@@ -33,6 +34,9 @@ def load_scorer(model: str | Path, backend: str | None = None, threads: int | No
     backend = backend or detect_backend(path)
     if backend == "llamacpp":
         from epm_edge.runtime.llamacpp import LlamaCppScorer
+        if (path / "adapter_config.json").exists():
+            from epm_edge.export.adapter_gguf import cached_gguf
+            path = cached_gguf(path)  # a trained adapter runs as its Q4_K_M GGUF
         return LlamaCppScorer(path, threads=threads, batch_size=batch_size)
     if backend == "onnx":
         from epm_edge.runtime.onnx import OnnxScorer

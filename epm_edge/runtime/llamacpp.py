@@ -10,6 +10,7 @@ Afterwards the pair sequences are removed again and the prefix stays.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from pathlib import Path
 from typing import Sequence
@@ -45,6 +46,13 @@ def read_gguf_metadata(model) -> dict[str, str]:
     return meta
 
 
+@functools.cache
+def amx_build() -> bool:
+    """Whether this llama.cpp build has its AMX backend compiled in."""
+    _init_backend()
+    return "AMX" in lc.llama_print_system_info().decode()
+
+
 def load_model(path: Path, vocab_only: bool = False):
     """Load a GGUF with llama.cpp; a clear ModelError when the file is missing or not loadable."""
     _init_backend()
@@ -56,9 +64,10 @@ def load_model(path: Path, vocab_only: bool = False):
             raise ModelError(f"{path}: not a GGUF file (bad magic); pass a .gguf model")
     params = lc.llama_model_default_params()
     params.vocab_only = vocab_only
-    # The AMX extra buffer type of this llama.cpp build segfaults in llama_decode on AMX CPUs
-    # (seen on Xeon with amx_int8); plain CPU buffers are safe everywhere.
-    params.use_extra_bufts = False
+    # Extra buffer types hold the repacked (interleaved) weights that make Q4_0/Q8_0 matmuls fast,
+    # but a build with AMX adds its AMX buffer type, which segfaults in llama_decode on Xeons with
+    # amx_int8: such builds fall back to plain buffers (the Makefile builds llama.cpp without AMX).
+    params.use_extra_bufts = not amx_build()
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
         raise ModelError(f"{path}: llama.cpp could not load this GGUF (truncated, corrupt or unsupported)")

@@ -1,0 +1,29 @@
+"""`epm-edge eval`: several sets in one run, threshold tuned on valid, consistent figures."""
+
+import json
+
+from click.testing import CliRunner
+
+from epm_edge.cli import main
+
+
+def test_eval_tunes_threshold_per_set_on_valid(data_dir, base_gguf):
+    sets = f"{data_dir / 'abt_buy'},{data_dir / 'amazon_google'}"
+    result = CliRunner().invoke(main, ["eval", "--data", sets, "--model", str(base_gguf), "--limit", "12",
+                                       "--tune-split", "valid", "--tune-limit", "16", "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [r["data"].split("/")[-1] for r in rows] == ["abt_buy", "amazon_google"]
+    for r in rows:
+        assert r["split"] == "test" and r["n_pairs"] == 12 and r["threshold_tuned_on"] == "valid:16"
+        assert r["tp"] + r["fp"] + r["fn"] + r["tn"] == 12
+        assert 0.0 <= r["threshold"] <= 1.0 and r["pairs_per_second"] > 0
+        precision = r["tp"] / (r["tp"] + r["fp"]) if r["tp"] + r["fp"] else 0.0
+        assert r["precision"] == precision
+    assert "threshold best over the 32 valid pairs of all sets together" in result.stderr
+
+
+def test_eval_rejects_threshold_with_tuning(data_dir, base_gguf):
+    result = CliRunner().invoke(main, ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf),
+                                       "--threshold", "0.5", "--tune-split", "valid"])
+    assert result.exit_code == 2 and "alternatives" in result.output
