@@ -1,6 +1,7 @@
 """Training: data builder, teacher conversion, rewards and judge on real pairs; SFT and RL end to end
 on a tiny random llama (real tokenizer) that must change the adapter."""
 
+import json
 import random
 
 import pytest
@@ -188,6 +189,24 @@ def test_sft_end_to_end_changes_adapter(sft_adapter, data_dir):
     assert list((sft_adapter / "checkpoints").glob("checkpoint-*"))
     with pytest.raises(EpmError, match="--resume"):  # an earlier run's checkpoints are never overwritten
         run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"]), sft_adapter))
+
+
+def test_sft_resume_ends_early_with_the_intervals_given_now(sft_adapter, tiny_base, data_dir, tmp_path):
+    """`--resume --max-steps N --eval-steps K`: the resumed run evaluates on the new interval
+    (transformers alone keeps the checkpoint's), so the early end has an evaluated checkpoint."""
+    import shutil
+
+    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    out = tmp_path / "sft"
+    shutil.copytree(sft_adapter / "checkpoints", out / "checkpoints")  # a stopped run at step 2
+    run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"], record_tokens=16), out, base=str(tiny_base),
+                        max_steps=3, batch_size=2, grad_accum=2, limit=8, eval_steps=3, eval_limit=4,
+                        logging_steps=1, rank=4, alpha=8, max_length=256, resume=True))
+    assert read_sidecar(out)["result"]["steps"] == 3
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "eval_f1_tuned" in h] == [2, 3]
 
 
 def test_rl_end_to_end_changes_adapter(sft_adapter, tiny_base, data_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""One progress line per logging step: step, metrics, tokens/s and ETA.
+"""Trainer callbacks: one progress line per logging step (step, metrics, tokens/s, ETA), and the
+intervals of a resumed run.
 
 Plain lines rather than a live bar, because long runs go to a log file under nohup. Imported only
 from inside the training functions (it needs transformers).
@@ -46,3 +47,11 @@ class ProgressCallback(TrainerCallback):
         rate = f" {tokens / elapsed:.0f} tok/s" if tokens and elapsed else ""
         err.print(f"[bold]{self.label}[/] step {state.global_step}/{state.max_steps} {metrics}{rate} "
                   f"elapsed {_clock(elapsed)} ETA {_clock(eta)}", highlight=False, soft_wrap=True)
+
+
+class IntervalsFromArgs(TrainerCallback):
+    """A resumed run keeps its checkpoint's eval/save/logging intervals in transformers; this makes
+    the intervals given now apply (e.g. `--resume --max-steps N --eval-steps K` to end a run early)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        state.compute_steps(args, state.max_steps)

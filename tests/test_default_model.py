@@ -1,0 +1,72 @@
+"""Trained adapters run through llama.cpp: merged into the bundled base, quantized, cached; the
+shipped adapter in models/ is the default model of `epm-edge match`."""
+
+import json
+
+import numpy as np
+import pytest
+
+from epm_edge import model_store
+from epm_edge.data import load_pair_set
+from epm_edge.evaluate.scoring import serialize_pairs
+from epm_edge.export.gguf_convert import read_metadata
+from epm_edge.export.merge import adapter_sha256, resolve_base
+from epm_edge.runtime import load_scorer
+from epm_edge.runtime.provenance import SIDECAR
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, base_gguf):
+    """A fresh cache dir that reuses the bundled base's caches (copy + dequantized HF checkpoint)."""
+    real = model_store.home()
+    resolve_base(None)  # fills real/base-hf once
+    for name in ("base", "base-hf"):
+        (tmp_path / name).symlink_to(real / name)
+    monkeypatch.setenv("EPM_EDGE_HOME", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def random_adapter(tmp_path, base_gguf):
+    """A LoRA on the real base whose B matrices are not zero, so it changes the scores."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from epm_edge.train.adapter import save_adapter
+
+    base = resolve_base(None)
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base.hf_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    out = save_adapter(model, tmp_path / "adapter", base, "sft")
+    meta = json.loads((out / SIDECAR).read_text())
+    (out / SIDECAR).write_text(json.dumps({**meta, "threshold": 0.37}))
+    return out
+
+
+def test_adapter_dir_runs_as_cached_q4_k_m_gguf(home, random_adapter, base_gguf, data_dir):
+    ps = load_pair_set(data_dir / "abt_buy")
+    pairs = serialize_pairs(ps, ps.split("valid").head(6))
+    scorer = load_scorer(random_adapter, batch_size=6)
+    built = scorer.path
+    assert built.parent == home / "adapters" and built.suffix == ".gguf"
+    meta = read_metadata(built)
+    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == "Q4_K_M"
+    assert scorer.threshold == pytest.approx(0.37)
+    tuned = scorer.score(pairs)
+    scorer.close()
+    base = load_scorer(base_gguf, batch_size=6)
+    assert np.abs(tuned - base.score(pairs)).max() > 0.02  # the adapter is applied
+    base.close()
+    mtime = built.stat().st_mtime_ns
+    again = load_scorer(random_adapter)
+    assert again.path == built and built.stat().st_mtime_ns == mtime  # cached, not rebuilt
+    again.close()
+
+
+def test_default_model_is_the_shipped_adapter(home):
+    adapter = model_store.shipped_adapter()
+    assert adapter is not None and (adapter / "MODEL_CARD.md").exists()
+    path = model_store.default_model()
+    assert read_metadata(path)["adapter_sha256"] == adapter_sha256(adapter)
