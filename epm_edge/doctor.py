@@ -45,6 +45,18 @@ def llama_system_info() -> str:
         return f"unavailable ({e})"
 
 
+def weight_layout() -> str:
+    """Whether GGUF weights get llama.cpp's repacked (fast) layout; see runtime.llamacpp.load_model."""
+    try:
+        from epm_edge.runtime.llamacpp import amx_build
+    except Exception as e:  # report, never crash the doctor
+        return f"unavailable ({e})"
+    if amx_build():
+        return ("plain buffers (slow): this llama.cpp build has AMX, whose buffer type crashes; "
+                "reinstall llama-cpp-python as the Makefile does")
+    return "repacked for this CPU where the quant type allows (fast)"
+
+
 def model_status() -> str:
     from epm_edge.errors import EpmError
     from epm_edge.model_store import default_model, home
@@ -67,5 +79,6 @@ def report() -> Table:
     for pkg in PACKAGES:
         table.add_row(pkg, version(pkg))
     table.add_row("llama.cpp", llama_system_info())
+    table.add_row("llama.cpp weights", weight_layout())
     table.add_row("default model", model_status())
     return table

@@ -191,6 +191,46 @@ def test_sft_end_to_end_changes_adapter(sft_adapter, data_dir):
         run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"]), sft_adapter))
 
 
+def test_decision_weighted_loss(tiny_base, data_dir):
+    """Weight 1 is the model's own answer-token loss; weight w counts the decision token w times."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from epm_edge.train.sft import _weighted_trainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(r=2, target_modules=["q_proj"]))
+    examples = build_examples(DataConfig([data_dir / "abt_buy"], record_tokens=16), "valid", limit=3)
+    rows = [tok(e["prompt"] + e["completion"], add_special_tokens=False)["input_ids"] for e in examples]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    labels = torch.full_like(ids, -100)
+    for i, (r, e) in enumerate(zip(rows, examples)):
+        start = len(tok(e["prompt"], add_special_tokens=False)["input_ids"])
+        labels[i, start:len(r)] = ids[i, start:len(r)]
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    model.train()
+
+    def loss(weight):
+        cls = _weighted_trainer(SFTTrainer, weight)
+        return cls.compute_loss(object.__new__(cls), model, dict(inputs)).item()
+
+    with torch.no_grad():
+        own = model(**inputs).loss.item()
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], reduction="none")
+    first = (labels[:, 1:] != -100).int().argmax(dim=1)
+    decision = nll[torch.arange(len(rows)), first]
+    assert [tok.decode([t]) for t in labels[torch.arange(len(rows)), first + 1]] == \
+        [prompt.YES if e["label"] else prompt.NO for e in examples]
+    n = (labels != -100).sum().item()
+    assert loss(1.0) == pytest.approx(own, rel=1e-4)
+    assert loss(20.0) == pytest.approx(own + 19 * decision.sum().item() / n, rel=1e-4)
+
+
 def test_sft_resume_ends_early_with_the_intervals_given_now(sft_adapter, tiny_base, data_dir, tmp_path):
     """`--resume --max-steps N --eval-steps K`: the resumed run evaluates on the new interval
     (transformers alone keeps the checkpoint's), so the early end has an evaluated checkpoint."""

@@ -61,17 +61,22 @@ def train():
 @click.option("--eval-steps", type=int, default=None, help="Evaluate and checkpoint every N steps (default 200).")
 @click.option("--eval-limit", type=int, default=None, help="Validation examples per evaluation (default 400).")
 @click.option("--qlora", is_flag=True, help="Load the base in 4-bit (bitsandbytes nf4).")
+@click.option("--decision-weight", type=float, default=None,
+              help="Loss weight of the decision token against 1 per evidence token (default 20).")
+@click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
+              help="Continue training this adapter (fresh optimizer and schedule).")
 def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
-        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora):
+        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora, decision_weight, init):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
     from epm_edge.train.sft import SFTSettings, run_sft
 
     if rank is not None and alpha is None:
         alpha = 2 * rank
     s = SFTSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, seed), out,
-                    base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16,
+                    base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16, init=init,
                     **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
-                             epochs=epochs, rank=rank, alpha=alpha, eval_steps=eval_steps, eval_limit=eval_limit))
+                             epochs=epochs, rank=rank, alpha=alpha, eval_steps=eval_steps, eval_limit=eval_limit,
+                             decision_weight=decision_weight))
     click.echo(f"adapter: {run_sft(s)}")
 
 
