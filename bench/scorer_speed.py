@@ -47,6 +47,8 @@ class PlainOptimumScorer:
         options.intra_op_num_threads = threads
         self.tok = AutoTokenizer.from_pretrained(path)
         self.tok.padding_side = "left"
+        if self.tok.pad_token is None:  # SmolLM2 has none; as in runtime.onnx, masked out anyway
+            self.tok.pad_token = "<|endoftext|>"
         self.model = ORTModelForCausalLM.from_pretrained(path, session_options=options, use_cache=True,
                                                          file_name="model.onnx")
         self.yes = self.tok(prompt.YES, add_special_tokens=False)["input_ids"][0]
@@ -151,7 +153,7 @@ def main():
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"# Scorer speed: {args.data.name}/{args.split}, {len(texts)} pairs, {th} threads, batch {bs}",
              "", f"Host: {result['host'].get('cpu', '')}; command: `.venv/bin/python bench/scorer_speed.py "
-             f"--export {args.export} --data {args.data} --pairs {args.pairs}`", "",
+             f"--export {args.export} --data {args.data} --pairs {args.pairs} --repeat {args.repeat}`", "",
              "| scorer | pairs/s (mean ± sd) | F1 | load s |", "|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['pairs_per_second']:.1f} ± {r['pairs_per_second_sd']:.1f} | {r['f1']:.3f} | "
               f"{r['load_seconds']:.1f} |" for r in rows]

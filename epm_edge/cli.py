@@ -44,7 +44,7 @@ def _columns(value: str | None) -> list[str] | None:
 
 model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
                              help="A .gguf file, a trained adapter dir (run as Q4_K_M GGUF), an ONNX variant dir or a "
-                                  "merged HF dir (default: models/epm-smollm2-135m).")
+                                  "merged HF dir (default: models/epm-smollm2-135m if present, else the bundled base).")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")

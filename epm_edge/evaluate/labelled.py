@@ -40,7 +40,7 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
 
 def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:
     """(the threshold best over the tuning pairs of all sets together, their count): one cut for a
-    model that serves every domain, as the shipped default stores it."""
+    model that serves every domain, as a shipped default adapter records it."""
     labels = np.concatenate([np.asarray(t[0]) for t in tunings])
     return best_threshold(labels, np.concatenate([t[1] for t in tunings])), len(labels)
 

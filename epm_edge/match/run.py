@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +32,31 @@ def serialized(catalog: Catalog, max_tokens: int) -> dict[str, str]:
     return {rid: serialize_record(rec, max_tokens) for rid, rec in catalog.records.items()}
 
 
+@contextlib.contextmanager
+def _interrupt_between_batches():
+    """Ctrl-C ends the run after the batch being scored is written (a second one at once).
+
+    A plain KeyboardInterrupt is raised wherever the main thread is; inside llama.cpp's ctypes log
+    callback it is printed and dropped, and the run would go on. A flag checked between batches
+    cannot be lost.
+    """
+    hits: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield hits
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        hits.append(signum)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield hits
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, settings: dict,
               threshold: float, batch_size: int = 64, record_tokens: int = 64,
               explain: bool = False, explain_above: float | None = None,
@@ -45,22 +73,25 @@ def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, sett
     sa, sb = serialized(a, record_tokens), serialized(b, record_tokens)
     explain_cut = threshold if explain_above is None else explain_above
     start = time.perf_counter()
-    try:
-        for lo in range(0, len(todo), batch_size):
-            idx = todo[lo:lo + batch_size]
-            pairs = [(sa[cands.a_ids[i]], sb[cands.b_ids[i]]) for i in idx]
-            scores = scorer.score(pairs)
-            rows = [{"a_id": cands.a_ids[i], "b_id": cands.b_ids[i], "score": float(s),
-                     "match": bool(s >= threshold)} for i, s in zip(idx, scores)]
-            if explain:
-                want = [n for n, r in enumerate(rows) if r["score"] >= explain_cut]
-                for n, answer in zip(want, scorer.explain([pairs[n] for n in want])):
-                    rows[n]["explanation"] = answer.to_json()
-            writer.write(rows)
-            if on_batch:
-                on_batch(len(idx))
-    finally:
-        writer.close()
+    with _interrupt_between_batches() as interrupted:
+        try:
+            for lo in range(0, len(todo), batch_size):
+                idx = todo[lo:lo + batch_size]
+                pairs = [(sa[cands.a_ids[i]], sb[cands.b_ids[i]]) for i in idx]
+                scores = scorer.score(pairs)
+                rows = [{"a_id": cands.a_ids[i], "b_id": cands.b_ids[i], "score": float(s),
+                         "match": bool(s >= threshold)} for i, s in zip(idx, scores)]
+                if explain:
+                    want = [n for n, r in enumerate(rows) if r["score"] >= explain_cut]
+                    for n, answer in zip(want, scorer.explain([pairs[n] for n in want])):
+                        rows[n]["explanation"] = answer.to_json()
+                writer.write(rows)
+                if on_batch:
+                    on_batch(len(idx))
+                if interrupted:
+                    raise KeyboardInterrupt
+        finally:
+            writer.close()
     seconds = time.perf_counter() - start
     rows = read_results(out)
     if assignment:
