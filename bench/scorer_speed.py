@@ -31,6 +31,8 @@ from epm_edge.data import load_pair_set
 from epm_edge.evaluate.metrics import compute_metrics
 from epm_edge.evaluate.scoring import score_texts, serialize_pairs
 from epm_edge.runtime import load_scorer
+from epm_edge.runtime.llamacpp import amx_build
+from epm_edge.runtime.provenance import read_sidecar
 
 
 class PlainOptimumScorer:
@@ -154,6 +156,8 @@ def main():
     lines = [f"# Scorer speed: {args.data.name}/{args.split}, {len(texts)} pairs, {th} threads, batch {bs}",
              "", f"Host: {result['host'].get('cpu', '')}; command: `.venv/bin/python bench/scorer_speed.py "
              f"--export {args.export} --data {args.data} --pairs {args.pairs} --repeat {args.repeat}`", "",
+             f"Model: adapter {read_sidecar(args.export / 'merged').get('adapter') or 'none (the untrained base)'}; "
+             f"llama.cpp weights {'plain (AMX build)' if amx_build() else 'repacked'}.", "",
              "| scorer | pairs/s (mean ± sd) | F1 | load s |", "|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['pairs_per_second']:.1f} ± {r['pairs_per_second_sd']:.1f} | {r['f1']:.3f} | "
               f"{r['load_seconds']:.1f} |" for r in rows]
