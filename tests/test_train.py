@@ -92,6 +92,18 @@ def test_seller_noise_preserves_label_and_evidence(data_dir):
         assert silver_evidence(a, b, noisy_a, text_b, bool(label)) == silver_evidence(a, b, text_a, text_b, bool(label))
 
 
+
+def test_label_only_answers_are_the_decision_alone(data_dir):
+    cfg = DataConfig([data_dir / "abt_buy"], max_per_set=40)
+    full = build_examples(cfg, "valid")
+    bare = build_examples(DataConfig(**{**cfg.__dict__, "rationale": False}), "valid")
+    assert [e["prompt"] for e in full] == [e["prompt"] for e in bare]
+    assert all(len(prompt.parse_answer(e["completion"]).evidence) >= 1 for e in full)
+    for e in bare:
+        answer = prompt.parse_answer(e["completion"])
+        assert answer.evidence == [] and answer.match == bool(e["label"])
+        assert e["completion"] == (prompt.YES if e["label"] else prompt.NO) + prompt.END_OF_TURN
+
 def test_silver_evidence_on_a_real_match(data_dir):
     ps = load_pair_set(data_dir / "abt_buy")
     a = ps.a.records["0"]  # sony turntable pslx350h

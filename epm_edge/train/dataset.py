@@ -34,6 +34,9 @@ class DataConfig:
     noise: float = 0.3  # share of training examples given seller noise; 0 switches it off
     teacher: bool = True  # use teacher rationales found in the set dirs
     record_tokens: int = 64  # token budget per serialized record, as in `epm-edge match`
+    # False: the completion is the decision alone. With evidence after the decision, the evidence
+    # tokens dominated the gradient and SmolLM2-135M learned the format but not the decision.
+    rationale: bool = True
     seed: int = 0
 
     def to_json(self) -> dict:
@@ -114,6 +117,8 @@ def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, 
     # silver evidence reads the clean records: noise must not become evidence
     answer = teacher or silver_answer(c.label, c.a, c.b, text_a, text_b)
     source = "teacher" if teacher else "silver"
+    if not cfg.rationale:
+        answer.evidence = []
     return {"prompt": prompt.full_prompt(text_a, text_b), "completion": answer.text() + prompt.END_OF_TURN,
             "label": int(c.label), "set": set_name, "source": source, "noise": noise,
             "text_a": text_a, "text_b": text_b}
