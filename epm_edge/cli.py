@@ -142,15 +142,20 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--tune-limit", type=int, default=None, help="Tune on the first N pairs of --tune-split.")
 @click.option("--record-tokens", type=int, default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
+@click.option("--save-threshold", is_flag=True,
+              help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
 def eval_cmd(data_dirs, split, limit, model_path, backend, threads, batch_size, threshold, tune_split, tune_limit,
-             record_tokens, as_json):
+             record_tokens, as_json, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
     from epm_edge.report.tables import metrics_table
+    from epm_edge.runtime.provenance import SIDECAR, read_sidecar, write_sidecar
 
     if threshold is not None and tune_split:
         raise click.UsageError("--threshold and --tune-split are alternatives: pass one")
+    if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
+        raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
     path, scorer = _load_scorer(model_path, backend, threads, batch_size)
     results, tunings = [], []
@@ -168,9 +173,14 @@ def eval_cmd(data_dirs, split, limit, model_path, backend, threads, batch_size, 
         scorer.close()
     if not as_json:
         out.print(metrics_table(results))
-    if len(tunings) > 1:
+    if tunings:
         cut, n = pooled_threshold(tunings)
         err.print(f"threshold best over the {n} {tune_split} pairs of all sets together: {cut:.4f}")
+        if save_threshold:
+            sidecar = read_sidecar(model_path)
+            write_sidecar(model_path, {**sidecar, "threshold": cut,
+                                       "threshold_tuned_on": f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)}"})
+            err.print(f"threshold {cut:.4f} stored in {Path(model_path) / SIDECAR}")
 
 
 @main.command()

@@ -64,6 +64,22 @@ def test_adapter_dir_runs_as_cached_q4_k_m_gguf(home, random_adapter, base_gguf,
     assert again.path == built and built.stat().st_mtime_ns == mtime  # cached, not rebuilt
     again.close()
 
+    # `eval --save-threshold` stores the threshold tuned over all sets; the cached GGUF takes it up
+    from click.testing import CliRunner
+
+    from epm_edge.cli import main
+
+    result = CliRunner().invoke(main, [
+        "eval", "--model", str(random_adapter), "--data", f"{data_dir / 'abt_buy'},{data_dir / 'walmart_amazon'}",
+        "--split", "valid", "--limit", "6", "--tune-split", "train", "--tune-limit", "12", "--json",
+        "--save-threshold"])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((random_adapter / SIDECAR).read_text())
+    assert stored["threshold"] != 0.37 and stored["threshold_tuned_on"].startswith("train: 24 pairs")
+    restamped = load_scorer(random_adapter)
+    assert restamped.path == built and restamped.threshold == pytest.approx(stored["threshold"], abs=1e-6)
+    restamped.close()
+
 
 def test_default_model_is_the_shipped_adapter_else_the_base(home):
     adapter = model_store.shipped_adapter()
@@ -73,3 +89,24 @@ def test_default_model_is_the_shipped_adapter_else_the_base(home):
     else:
         assert (adapter / "MODEL_CARD.md").exists()
         assert read_metadata(path)["adapter_sha256"] == adapter_sha256(adapter)
+
+
+def test_shipped_adapter_tells_matches_from_non_matches(data_dir):
+    """On real valid pairs of every training set, the default model ranks matches above
+    non-matches far better than chance, and its stored threshold is a usable cut."""
+    from sklearn.metrics import roc_auc_score
+
+    if model_store.shipped_adapter() is None:
+        pytest.skip(f"models/{model_store.DEFAULT_ADAPTER} is not committed")
+    scorer = load_scorer(model_store.default_model(), batch_size=16)
+    labels, scores = [], []
+    for name in ("abt_buy", "amazon_google", "walmart_amazon", "wdc_products"):
+        ps = load_pair_set(data_dir / name)
+        pairs = ps.split("valid").head(40)
+        labels += list(pairs.labels)
+        scores += list(scorer.score(serialize_pairs(ps, pairs)))
+    labels, scores = np.array(labels), np.array(scores)
+    assert roc_auc_score(labels, scores) > 0.8
+    predicted = scores >= scorer.threshold
+    assert 0 < predicted.sum() < len(predicted)
+    scorer.close()

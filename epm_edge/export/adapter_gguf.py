@@ -34,6 +34,12 @@ def cached_gguf(adapter: Path, quant: str = DEFAULT_QUANT) -> Path:
     if not target.exists():
         err.print(f"building {target.name} from {adapter} (once; cached in {target.parent})")
         build_gguf(adapter, target, quant)
+    else:  # the key covers the weights only: a threshold stored later (eval --save-threshold) is stamped in
+        from epm_edge.export.gguf_convert import read_metadata, set_metadata
+
+        threshold, stamped = read_sidecar(adapter).get("threshold"), read_metadata(target).get("threshold")
+        if threshold is not None and (stamped is None or abs(stamped - float(threshold)) > 1e-6):
+            set_metadata(target, {"threshold": float(threshold)})
     return target
 
 

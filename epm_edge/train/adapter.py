@@ -6,13 +6,24 @@ The provenance sidecar (`runtime.provenance.SIDECAR`) records the prompt version
 
 from __future__ import annotations
 
-import platform
+import os
 import time
 from pathlib import Path
 
 from epm_edge import __version__, prompt
 from epm_edge.export.merge import BaseModel
 from epm_edge.runtime.provenance import write_sidecar
+
+
+def _hardware() -> str:
+    """What the model card's training time was measured on."""
+    import torch
+
+    from epm_edge.doctor import cpu_info
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"{cpu_info()[0]}, {os.cpu_count()} cores, torch {torch.get_num_threads()} threads"
 
 
 def save_adapter(model, out_dir: Path, base: BaseModel, stage: str, **record) -> Path:
@@ -29,6 +40,6 @@ def save_adapter(model, out_dir: Path, base: BaseModel, stage: str, **record) ->
     provenance = {"stage": stage, "prompt_version": prompt.PROMPT_VERSION, "base": str(base.gguf or base.hf_dir),
                   "base_sha256": base.sha256, "epm_edge_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "hardware": f"{platform.machine()} {platform.processor() or ''}".strip(), **record}
+                  "hardware": _hardware(), **record}
     write_sidecar(out_dir, provenance)
     return out_dir
