@@ -20,7 +20,6 @@ def _data_options(f):
                      help="Share of training pairs given seller noise (0: off)."),
         click.option("--no-teacher", is_flag=True, help="Ignore teacher rationales (rationales_*.csv)."),
         click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per record."),
-        click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines)."),
         click.option("--limit", type=int, default=None, help="Use only the first N training examples."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--base", default=None, help="Base model: HF dir or .gguf (default: bundled SmolLM2)."),
@@ -66,8 +65,10 @@ def train():
               help="Loss weight of the decision token against 1 per evidence token (default 20).")
 @click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Continue training this adapter (fresh optimizer and schedule).")
-def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, limit, seed, base, out, resume, max_steps,
-        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora, decision_weight, init):
+@click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines).")
+def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora, decision_weight, init,
+        label_only):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
     from epm_edge.train.sft import SFTSettings, run_sft
 
@@ -94,7 +95,7 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_on
 @click.option("--max-completion-length", type=int, default=None, help="Tokens per sampled answer (default 96).")
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
-def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, limit, seed, base, out, resume, max_steps,
+def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
        lr, batch_size, grad_accum, no_bf16, init, weights, judge, rubric, num_generations, max_completion_length,
        beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
@@ -107,7 +108,7 @@ def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_onl
             weights = ()
         if len(weights) != 3:
             raise click.BadParameter("three comma-separated numbers: format,label,judge", param_hint="--weights")
-    s = RLSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, seed), init, out,
+    s = RLSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, False, seed), init, out,
                    base=base, judge=judge, rubric=rubric.read_text() if rubric else None, limit=limit, seed=seed,
                    resume=resume, bf16=not no_bf16,
                    **_given(weights=weights, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
