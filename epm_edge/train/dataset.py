@@ -34,8 +34,8 @@ class DataConfig:
     noise: float = 0.3  # share of training examples given seller noise; 0 switches it off
     teacher: bool = True  # use teacher rationales found in the set dirs
     record_tokens: int = 64  # token budget per serialized record, as in `epm-edge match`
-    # False: the completion is the decision alone. With evidence after the decision, the evidence
-    # tokens dominated the gradient and SmolLM2-135M learned the format but not the decision.
+    # False: the completion is the decision alone. The decision only emerged after ~150 steps here;
+    # 2-token answers make those steps ~2x faster than answers with ~45 evidence tokens.
     rationale: bool = True
     seed: int = 0
 
