@@ -52,7 +52,7 @@ def weight_layout() -> str:
     except Exception as e:  # report, never crash the doctor
         return f"unavailable ({e})"
     if amx_build():
-        return ("plain buffers (slow): this llama.cpp build has AMX, whose buffer type crashes; "
+        return ("plain buffers (slow): this llama.cpp build has AMX, whose matmul can crash (see the Makefile); "
                 "reinstall llama-cpp-python as the Makefile does")
     return "repacked for this CPU where the quant type allows (fast)"
 

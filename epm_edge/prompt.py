@@ -36,13 +36,25 @@ PREFIX = (
     f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
     f"<|im_start|>user\n{INSTRUCTION}\n"
 )
-_SUFFIX = "A: {a}\nB: {b}<|im_end|>\n<|im_start|>assistant\n"
+# The pair suffix is A's part then B's part: pairs that share an A record share its tokens too.
+_HEAD = "A: {a}\n"
+_TAIL = "B: {b}<|im_end|>\n<|im_start|>assistant\n"
 END_OF_TURN = "<|im_end|>"
+
+
+def pair_head(a: str) -> str:
+    """The part of a pair suffix that depends on record A only."""
+    return _HEAD.format(a=a)
+
+
+def pair_tail(b: str) -> str:
+    """The rest of a pair suffix: record B and the start of the answer."""
+    return _TAIL.format(b=b)
 
 
 def pair_suffix(a: str, b: str) -> str:
     """The per-pair part of the prompt; `a` and `b` are serialized records."""
-    return _SUFFIX.format(a=a, b=b)
+    return pair_head(a) + pair_tail(b)
 
 
 def full_prompt(a: str, b: str) -> str:

@@ -29,6 +29,22 @@ def test_batched_equals_single_on_f32(f32_gguf, real_pairs):
     scorer.close()
 
 
+def test_shared_record_a_equals_unshared(f32_gguf, real_pairs):
+    """Pairs with the same A (a record against its candidates) reuse A's tokens; scores do not change."""
+    a_side, b_side = [a for a, _ in real_pairs[:3]], [b for _, b in real_pairs[3:7]]
+    pairs = [(a, b) for a in a_side for b in b_side] + [real_pairs[8]]  # 3 shared A groups, 1 alone
+    shared = LlamaCppScorer(f32_gguf, batch_size=5)
+    for a, b in pairs:  # the tokens split at the A/B boundary, so the shared path is the one taken
+        head = shared.tokenize(prompt.pair_head(a))
+        assert shared.tokenize(prompt.pair_suffix(a, b))[:len(head)] == head
+    with_sharing = shared.score(pairs)
+    shared.close()
+    plain = LlamaCppScorer(f32_gguf, batch_size=5, share_records=False)
+    np.testing.assert_allclose(with_sharing, plain.score(pairs), atol=2e-3)
+    np.testing.assert_allclose(with_sharing[:4], [plain.score([p])[0] for p in pairs[:4]], atol=2e-3)
+    plain.close()
+
+
 def test_prefix_reuse_equals_full_prompt(f32_gguf, real_pairs):
     """Scoring through the cached prefix gives the P(match) of a fresh, full-prompt evaluation."""
     import llama_cpp as lc

@@ -5,6 +5,10 @@ every pair gets its own sequence id; `llama_memory_seq_cp` shares the prefix cel
 recomputation, no copy of the tensors in a unified KV cache), the pair's suffix tokens are added
 with logits requested only at the last position, and one `llama_decode` scores the whole batch.
 Afterwards the pair sequences are removed again and the prefix stays.
+
+Pairs that share record A (a matching run scores each A against its top-k candidates) share one
+more level: A's tokens are decoded once after the prefix, into a sequence of their own, and each
+pair adds only B's tokens on top of a copy of it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
@@ -65,8 +70,8 @@ def load_model(path: Path, vocab_only: bool = False):
     params = lc.llama_model_default_params()
     params.vocab_only = vocab_only
     # Extra buffer types hold the repacked (interleaved) weights that make Q4_0/Q8_0 matmuls fast,
-    # but a build with AMX adds its AMX buffer type, which segfaults in llama_decode on Xeons with
-    # amx_int8: such builds fall back to plain buffers (the Makefile builds llama.cpp without AMX).
+    # but a build with AMX adds its AMX buffer type, whose matmul segfaults when GCC 12 compiled it
+    # (see the Makefile): such builds fall back to plain buffers (the Makefile builds without AMX).
     params.use_extra_bufts = not amx_build()
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
@@ -81,7 +86,8 @@ class LlamaCppScorer:
     # flash attention gave 1.84 pairs/s vs 1.09 at 2048 tokens without it (Q4_1 base): every
     # token attends over all cells of the shared cache, so smaller decodes keep attention cheap.
     def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32,
-                 max_batch_tokens: int = 512, n_ubatch: int = 512, flash_attn: bool = True):
+                 max_batch_tokens: int = 512, n_ubatch: int = 512, flash_attn: bool = True,
+                 share_records: bool = True):
         self.path = Path(path)
         self.model = load_model(self.path)
         self.vocab = lc.llama_model_get_vocab(self.model)
@@ -91,13 +97,15 @@ class LlamaCppScorer:
         self.prefix = self.tokenize(prompt.PREFIX)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
         self.max_batch_tokens = max_batch_tokens
+        self.share_records = share_records
+        self.head_seq = batch_size + 1  # holds a shared record A; 0 is the prefix, 1..batch_size the pairs
         threads = threads or os.cpu_count() or 1
 
         params = lc.llama_context_default_params()
         params.n_ctx = len(self.prefix) + max_batch_tokens + 512  # + room for generation in explain()
         params.n_batch = max_batch_tokens
         params.n_ubatch = min(n_ubatch, max_batch_tokens)
-        params.n_seq_max = batch_size + 1
+        params.n_seq_max = batch_size + 2
         params.kv_unified = True  # all sequences share one cache, so seq_cp of the prefix is free
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = 1 if flash_attn else 0
@@ -151,37 +159,62 @@ class LlamaCppScorer:
         row = lc.llama_get_logits_ith(self.ctx, index)
         return row[self.yes], row[self.no]
 
-    def _groups(self, suffixes: list[list[int]]):
-        """Split pairs into decode batches within the sequence and token budgets."""
+    def _groups(self, items: list[tuple[int, list[int]]]):
+        """Split (pair index, tokens) items into decode batches within the sequence and token budgets."""
         group, tokens = [], 0
-        for i, s in enumerate(suffixes):
-            if len(s) > self.max_batch_tokens:
-                raise ValueError(f"pair {i} has {len(s)} prompt tokens, above the batch budget "
+        for item in items:
+            n = len(item[1])
+            if n > self.max_batch_tokens:
+                raise ValueError(f"pair {item[0]} has {n} prompt tokens, above the batch budget "
                                  f"of {self.max_batch_tokens}; lower the record token budget")
-            if group and (len(group) == self.batch_size or tokens + len(s) > self.max_batch_tokens):
+            if group and (len(group) == self.batch_size or tokens + n > self.max_batch_tokens):
                 yield group
                 group, tokens = [], 0
-            group.append(i)
-            tokens += len(s)
+            group.append(item)
+            tokens += n
         if group:
             yield group
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        suffixes = [self.tokenize(prompt.pair_suffix(a, b)) for a, b in pairs]
-        out = np.empty(len(pairs), dtype=np.float64)
-        start = len(self.prefix)
-        for group in self._groups(suffixes):
+    def _score_from(self, base_seq: int, start: int, items: list[tuple[int, list[int]]], out: np.ndarray):
+        """Score (pair index, tokens) items, each continuing sequence `base_seq` at position `start`."""
+        for group in self._groups(items):
             seqs = []
-            for k, i in enumerate(group, start=1):
-                lc.llama_memory_seq_cp(self.mem, 0, k, -1, -1)
-                seqs.append((suffixes[i], k, start))
+            for k, (_, tokens) in enumerate(group, start=1):
+                lc.llama_memory_seq_cp(self.mem, base_seq, k, -1, -1)
+                seqs.append((tokens, k, start))
             try:
-                indices = self._decode(seqs)
-                for i, idx in zip(group, indices):
+                for (i, _), idx in zip(group, self._decode(seqs)):
                     out[i] = prompt.match_probability(*self._logit_pair(idx))
             finally:
                 for k in range(1, len(group) + 1):
                     lc.llama_memory_seq_rm(self.mem, k, -1, -1)
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+        out = np.empty(len(pairs), dtype=np.float64)
+        start = len(self.prefix)
+        by_a: dict[str, list[int]] = defaultdict(list)
+        for i, (a, _) in enumerate(pairs):
+            by_a[a].append(i)
+        alone: list[tuple[int, list[int]]] = []  # pairs scored from their whole suffix
+        shared: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (A's tokens, B's parts)
+        for a, idx in by_a.items():
+            suffixes = [self.tokenize(prompt.pair_suffix(a, pairs[i][1])) for i in idx]
+            head = self.tokenize(prompt.pair_head(a))
+            if self.share_records and len(idx) > 1 and len(head) <= self.max_batch_tokens:
+                # Only where the tokens split at the A/B boundary; BPE could merge across it.
+                tails = [(i, s[len(head):]) for i, s in zip(idx, suffixes) if s[:len(head)] == head]
+                if len(tails) == len(idx):
+                    shared.append((head, tails))
+                    continue
+            alone += zip(idx, suffixes)
+        self._score_from(0, start, alone, out)
+        for head, tails in shared:
+            lc.llama_memory_seq_cp(self.mem, 0, self.head_seq, -1, -1)
+            try:
+                self._decode([(head, self.head_seq, start)], logits_last=False)
+                self._score_from(self.head_seq, start + len(head), tails, out)
+            finally:
+                lc.llama_memory_seq_rm(self.mem, self.head_seq, -1, -1)
         return out
 
     # -- explanations ---------------------------------------------------------------------
