@@ -15,11 +15,14 @@ PACKAGES = ("epm-edge", "llama-cpp-python", "onnxruntime", "torch", "transformer
 
 
 def git_commit() -> str:
-    """HEAD of the checkout epm_edge runs from, '+dirty' with uncommitted changes; '-' outside git."""
+    """HEAD of the checkout epm_edge runs from, '+dirty' with uncommitted changes; '-' outside git.
+
+    Untracked files do not count: a report being written into the checkout is one.
+    """
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "-"
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
