@@ -36,7 +36,7 @@ test: $(STAMP)
 
 # The committed report: every variant of an export of the default model (made first if missing) on
 # the first 300 pairs of the abt_buy and wdc_products test splits (thresholds from the first 300 valid
-# pairs), on all cores of this host: about 1 h 15 min on 2 cores. BENCH_ARGS adds or overrides options.
+# pairs), on all cores of this host: about 1 h 20 min on 2 cores. BENCH_ARGS adds or overrides options.
 EXPORT ?= epm-export
 DATA ?= ../shared/data
 BENCH_OUT ?= bench/reports/cpu-$(shell nproc)core
