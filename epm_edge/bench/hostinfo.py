@@ -22,7 +22,8 @@ def git_commit() -> str:
     root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "-"
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")

@@ -68,7 +68,7 @@ def _header(report: dict, command: str | None) -> list[str]:
     # The bench's own threads make a load of about their number (a 1-minute average, so it lags into
     # the next, maybe lighter variant); half a core more than that means other work ran.
     if max(loads, default=0) > min(max(s["threads"]), h["logical_cores"]) + 0.5:
-        lines += ["**Warning:** other work kept this host busy (load average above its core count): "
+        lines += ["**Warning:** other work kept this host busy (load average above the bench's own threads): "
                   "timings are slower and noisier than on an idle host.", ""]
     return lines + ["| | |", "|---|---|"] + [_md_row([k, str(val).replace("|", "/")]) for k, val in facts] + [""]
 

@@ -199,11 +199,11 @@ class LlamaCppScorer:
         shared: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (A's tokens, B's parts)
         for a, idx in by_a.items():
             suffixes = [self.tokenize(prompt.pair_suffix(a, pairs[i][1])) for i in idx]
-            head = self.tokenize(prompt.pair_head(a))
-            if self.share_records and len(idx) > 1 and len(head) <= self.max_batch_tokens:
+            if self.share_records and len(idx) > 1:
+                head = self.tokenize(prompt.pair_head(a))
                 # Only where the tokens split at the A/B boundary; BPE could merge across it.
                 tails = [(i, s[len(head):]) for i, s in zip(idx, suffixes) if s[:len(head)] == head]
-                if len(tails) == len(idx):
+                if len(tails) == len(idx) and len(head) <= self.max_batch_tokens:
                     shared.append((head, tails))
                     continue
             alone += zip(idx, suffixes)
