@@ -198,6 +198,7 @@ def test_sft_end_to_end_changes_adapter(sft_adapter, data_dir):
     meta = read_sidecar(sft_adapter)
     assert meta["prompt_version"] == prompt.PROMPT_VERSION and len(meta["base_sha256"]) == 64
     assert meta["result"]["steps"] == 2 and "eval_f1_tuned" in meta["result"]["valid"]
+    assert meta["lora"]["rank"] == 4 and meta["lora"]["alpha"] == 8 and "q_proj" in meta["lora"]["target_modules"]
     assert list((sft_adapter / "checkpoints").glob("checkpoint-*"))
     with pytest.raises(EpmError, match="--resume"):  # an earlier run's checkpoints are never overwritten
         run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"]), sft_adapter))

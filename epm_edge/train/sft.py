@@ -55,6 +55,9 @@ class SFTSettings:
     def hyperparameters(self) -> dict:
         d = asdict(self)
         d.pop("data"), d.pop("out")
+        if self.init:  # the adapter continued decides the LoRA shape (recorded under "lora")
+            for k in ("rank", "alpha", "dropout", "target_modules"):
+                d.pop(k)
         return {**d, "init": str(self.init) if self.init else None}
 
 
