@@ -28,6 +28,7 @@ from epm_edge.evaluate.scoring import serialize_pairs
 def prompt_speed(gguf: Path, tokens: list[int], threads: int, n: int, repeat: int) -> float:
     llm = Llama(str(gguf), n_ctx=2048, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads,
                 flash_attn=True, verbose=False)
+    # llm.reset() only rewinds the token count: the cache itself is cleared through the low-level API
     memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
     seconds = []
     for _ in range(repeat + 1):  # the first pass is a warm-up

@@ -41,8 +41,8 @@ def save_adapter(model, out_dir: Path, base: BaseModel, stage: str, **record) ->
     modules = lora.target_modules  # peft resolves "all-linear" to module paths; a regex stays a string
     modules = modules if isinstance(modules, str) else sorted({m.rsplit(".", 1)[-1] for m in modules})
     shape = {"rank": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout, "target_modules": modules}
-    provenance = {"stage": stage, "lora": shape, "prompt_version": prompt.PROMPT_VERSION, "base": str(base.gguf or base.hf_dir),
-                  "base_sha256": base.sha256, "epm_edge_version": __version__,
+    provenance = {"stage": stage, "lora": shape, "prompt_version": prompt.PROMPT_VERSION,
+                  "base": str(base.gguf or base.hf_dir), "base_sha256": base.sha256, "epm_edge_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "hardware": _hardware(), **record}
     write_sidecar(out_dir, provenance)
