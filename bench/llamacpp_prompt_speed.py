@@ -58,8 +58,10 @@ def main():
     if not ggufs:
         raise SystemExit(f"no .gguf files in {args.gguf_dir}")
     rows = []
+    vocab = Llama(str(ggufs[0]), vocab_only=True, verbose=False)  # every quant of one export shares the vocab
+    tokens = vocab.tokenize(text.encode())
+    vocab.close()
     for gguf in ggufs:
-        tokens = Llama(str(gguf), vocab_only=True, verbose=False).tokenize(text.encode())
         for threads in map(int, args.threads.split(",")):
             for n in map(int, args.lengths.split(",")):
                 rows.append({"gguf": gguf.name, "threads": threads, "tokens": n,
