@@ -132,6 +132,8 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
               help="Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
 @click.option("--limit", type=int, default=None, help="Score only the first N pairs.")
+@click.option("--skip", type=int, default=0, show_default=True,
+              help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
 @model_option
 @backend_option
 @threads_option
@@ -144,7 +146,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
-def eval_cmd(data_dirs, split, limit, model_path, backend, threads, batch_size, threshold, tune_split, tune_limit,
+def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_size, threshold, tune_split, tune_limit,
              record_tokens, as_json, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
@@ -162,9 +164,9 @@ def eval_cmd(data_dirs, split, limit, model_path, backend, threads, batch_size, 
     try:
         with progress_bar() as bar:
             for d in dirs:
-                r, tuning = evaluate_set(scorer, d, split, limit=limit, threshold=threshold, tune_split=tune_split,
-                                         tune_limit=tune_limit, record_tokens=record_tokens, batch_size=batch_size,
-                                         bar=bar)
+                r, tuning = evaluate_set(scorer, d, split, limit=limit, skip=skip, threshold=threshold,
+                                         tune_split=tune_split, tune_limit=tune_limit, record_tokens=record_tokens,
+                                         batch_size=batch_size, bar=bar)
                 results.append({**r, "model": str(path), "backend": scorer.name})
                 tunings += [tuning] if tuning else []
                 if as_json:

@@ -26,6 +26,10 @@ def test_reads_real_catalog_and_splits(data_dir):
     assert ps.available_splits() == ["train", "valid", "test"]
     wdc = load_pair_set(data_dir / "wdc_products").split("train")
     assert wdc.hard_negative.any() and not wdc.labels[wdc.hard_negative].any()
+    # eval --skip: a window after the pairs a threshold was tuned on
+    window = valid.head(5, skip=200)
+    assert window.a_ids == valid.a_ids[200:205] and list(window.labels) == list(valid.labels[200:205])
+    assert len(valid.head(None, skip=1900)) == 16
 
 
 def test_id_column_auto_detected_and_columns_selected(tmp_path):

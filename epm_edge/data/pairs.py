@@ -26,10 +26,13 @@ class LabelledPairs:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: int | None) -> "LabelledPairs":
-        if n is None or n >= len(self):
+    def head(self, n: int | None, skip: int = 0) -> "LabelledPairs":
+        """The first `n` pairs (all when None) after the first `skip`."""
+        if skip == 0 and (n is None or n >= len(self)):
             return self
-        return LabelledPairs(self.path, self.a_ids[:n], self.b_ids[:n], self.labels[:n], self.hard_negative[:n])
+        rows = slice(skip, None if n is None else skip + n)
+        return LabelledPairs(self.path, self.a_ids[rows], self.b_ids[rows], self.labels[rows],
+                             self.hard_negative[rows])
 
 
 @dataclass
