@@ -156,6 +156,9 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_
 
     if threshold is not None and tune_split:
         raise click.UsageError("--threshold and --tune-split are alternatives: pass one")
+    if tune_split == split and skip < (tune_limit or float("inf")):
+        raise click.UsageError(f"--skip {skip} would score pairs the threshold is tuned on: "
+                               f"pass --tune-limit N and --skip N or more")
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]

@@ -27,3 +27,14 @@ def test_eval_rejects_threshold_with_tuning(data_dir, base_gguf):
     result = CliRunner().invoke(main, ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf),
                                        "--threshold", "0.5", "--tune-split", "valid"])
     assert result.exit_code == 2 and "alternatives" in result.output
+
+
+def test_eval_skip_must_clear_the_tuning_pairs(data_dir, base_gguf):
+    args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf), "--split", "valid",
+            "--tune-split", "valid", "--tune-limit", "8"]
+    result = CliRunner().invoke(main, [*args, "--skip", "4"])
+    assert result.exit_code == 2 and "threshold is tuned on" in result.output
+    result = CliRunner().invoke(main, [*args, "--skip", "8", "--limit", "6", "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout.splitlines()[0])
+    assert row["skipped"] == 8 and row["n_pairs"] == 6 and row["threshold_tuned_on"] == "valid:8"

@@ -15,9 +15,9 @@ from epm_edge.evaluate.metrics import best_threshold, compute_metrics
 from epm_edge.evaluate.scoring import score_pairs
 
 
-def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None, skip: int = 0, threshold: float | None = None,
-                 tune_split: str | None = None, tune_limit: int | None = None, record_tokens: int = 64,
-                 batch_size: int = 32, bar=None) -> tuple[dict, tuple | None]:
+def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None, skip: int = 0,
+                 threshold: float | None = None, tune_split: str | None = None, tune_limit: int | None = None,
+                 record_tokens: int = 64, batch_size: int = 32, bar=None) -> tuple[dict, tuple | None]:
     """(metrics of `scorer` on one split, (labels, scores) of the tuning pairs or None).
 
     The threshold is the one given, else tuned on `tune_split`, else stored with the model, else 0.5.
@@ -34,8 +34,8 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
     pairs = ps.split(split).head(limit, skip)
     scores, seconds = _score(scorer, ps, pairs, f"{ps.name}/{split}", record_tokens, batch_size, bar)
     m = compute_metrics(pairs.labels, scores, threshold)
-    return ({"data": str(data_dir), "split": split, "skipped": skip, "threshold_tuned_on": tuned_on, **m.as_dict(),
-             "seconds": seconds, "pairs_per_second": len(pairs) / seconds if seconds else 0.0}, tuning)
+    return ({"data": str(data_dir), "split": split, "skipped": skip, "threshold_tuned_on": tuned_on,
+             **m.as_dict(), "seconds": seconds, "pairs_per_second": len(pairs) / seconds if seconds else 0.0}, tuning)
 
 
 def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:
