@@ -132,7 +132,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
               help="Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
 @click.option("--limit", type=int, default=None, help="Score only the first N pairs.")
-@click.option("--skip", type=int, default=0, show_default=True,
+@click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
 @model_option
 @backend_option
@@ -146,8 +146,8 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
-def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_size, threshold, tune_split, tune_limit,
-             record_tokens, as_json, save_threshold):
+def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_size, threshold, tune_split,
+             tune_limit, record_tokens, as_json, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
@@ -156,7 +156,7 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_
 
     if threshold is not None and tune_split:
         raise click.UsageError("--threshold and --tune-split are alternatives: pass one")
-    if tune_split == split and skip < (tune_limit or float("inf")):
+    if tune_split == split and (tune_limit is None or skip < tune_limit):
         raise click.UsageError(f"--skip {skip} would score pairs the threshold is tuned on: "
                                f"pass --tune-limit N and --skip N or more")
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
