@@ -3,14 +3,17 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# llama.cpp is compiled for this CPU (-march=native), except on CPUs with AMX (Xeon 4th gen+): there it
-# gets the AVX-512 set every AMX Xeon has, without AMX, which keeps llama.cpp's repacked Q4_0/Q8_0 weights.
-# Why: built by GCC 12, llama.cpp's AMX matmul segfaults at ldtilecfg (GCC 12's _tile_loadconfig declares
-# an 8-byte memory input, so the stores that fill the 64-byte tile config are removed as dead). Built
-# with -fno-dse it runs, but decoded slower than this AVX-512 build on a 2-core Xeon (issue 4's notes).
-AMX_FREE := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
-	-DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON
-LLAMA_CMAKE_ARGS ?= $(if $(shell grep -m1 -o amx_int8 /proc/cpuinfo 2>/dev/null),$(AMX_FREE),-DGGML_NATIVE=ON)
+# llama.cpp is compiled for this CPU (-march=native) from llama-cpp-python's source, with two lines of its AMX
+# matmul (Xeon 4th gen+; about twice the AVX-512 speed on our 2-core Xeon, bench/reports/scorer-speed.md) patched:
+# - it loads the tile config once per thread and then trusts it, but torch's bf16 kernels (oneDNN) release the
+#   tiles on the same OpenMP threads, so a later llama.cpp matmul in that process dies (SIGILL) or returns
+#   garbage: patched to load the config on every call (one instruction per matmul chunk);
+# - GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes, so the stores that fill the 64-byte config
+#   are dropped as dead and ldtilecfg faults: patched to hand the whole config to the instruction.
+LLAMA_VERSION := 0.3.36
+LLAMA_SRC := build/llama_cpp_python-$(LLAMA_VERSION)
+AMX_MMQ := $(LLAMA_SRC)/vendor/llama.cpp/ggml/src/ggml-cpu/amx/mmq.cpp
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=ON
 
 .PHONY: install demo test bench clean
 
@@ -20,8 +23,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --upgrade pip
 	# torch==2.13.0 first: the CPU build on local disk (an unpinned torch would pull a CUDA build).
 	$(BIN)/pip install "torch==2.13.0"
+	rm -rf $(LLAMA_SRC)
+	$(BIN)/pip download --no-deps --no-binary :all: "llama-cpp-python==$(LLAMA_VERSION)" -d build
+	tar xzf $(LLAMA_SRC).tar.gz -C build
+	sed -i -e 's/static thread_local bool done = false;/bool done = false;/' \
+		-e 's/_tile_loadconfig(&tc);/__asm__ volatile("ldtilecfg %0" :: "m"(tc));/' $(AMX_MMQ)
+	grep -q 'ldtilecfg %0' $(AMX_MMQ) && ! grep -q 'thread_local bool done' $(AMX_MMQ)
 	# --no-cache-dir: pip would silently reuse a cached wheel built with other flags.
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir "llama-cpp-python==0.3.36"
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir ./$(LLAMA_SRC)
 	$(BIN)/pip install -e ".[build,dev]"
 	touch $(STAMP)
 

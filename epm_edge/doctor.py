@@ -45,16 +45,18 @@ def llama_system_info() -> str:
         return f"unavailable ({e})"
 
 
-def weight_layout() -> str:
-    """Whether GGUF weights get llama.cpp's repacked (fast) layout; see runtime.llamacpp.load_model."""
+def weight_layout(cpu_flags: set[str]) -> str:
+    """Which fast matmul layout GGUF weights get; see runtime.llamacpp.load_model and the Makefile."""
     try:
         from epm_edge.runtime.llamacpp import amx_build
     except Exception as e:  # report, never crash the doctor
         return f"unavailable ({e})"
     if amx_build():
-        return ("plain buffers (slow): this llama.cpp build has AMX, whose matmul can crash (see the Makefile); "
-                "reinstall llama-cpp-python as the Makefile does")
-    return "repacked for this CPU where the quant type allows (fast)"
+        return ("AMX tiles where the quant type has AMX kernels (Q4_0, Q8_0, ...), else repacked; needs the "
+                "Makefile's patched build (an unpatched one can crash, see the Makefile)")
+    hint = "; this CPU has AMX: reinstall llama-cpp-python as the Makefile does, about 2x faster" \
+        if "amx_int8" in cpu_flags else ""
+    return "repacked for this CPU where the quant type allows" + hint
 
 
 def model_status() -> str:
@@ -79,6 +81,6 @@ def report() -> Table:
     for pkg in PACKAGES:
         table.add_row(pkg, version(pkg))
     table.add_row("llama.cpp", llama_system_info())
-    table.add_row("llama.cpp weights", weight_layout())
+    table.add_row("llama.cpp weights", weight_layout(flags))
     table.add_row("default model", model_status())
     return table

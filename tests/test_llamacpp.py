@@ -75,6 +75,20 @@ def test_real_quantized_model_scores_pairs(base_gguf, real_pairs):
     scorer.close()
 
 
+def test_scores_unchanged_after_torch_bf16_in_the_same_process(base_gguf, real_pairs):
+    """On AMX CPUs torch's bf16 matmul (oneDNN) releases the tile registers of the OpenMP threads that
+    llama.cpp's AMX matmul runs on too; unpatched, the next llama.cpp call dies (SIGILL) (see the Makefile)."""
+    import torch
+
+    scorer = load_scorer(base_gguf, batch_size=16)
+    before = scorer.score(real_pairs)
+    x = torch.randn(256, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (x @ x).sum().item()
+    np.testing.assert_array_equal(scorer.score(real_pairs), before)
+    scorer.close()
+
+
 def test_explanations_always_parse(base_gguf, real_pairs):
     scorer = LlamaCppScorer(base_gguf, batch_size=4)
     answers = scorer.explain(real_pairs[:2], threshold=0.5)

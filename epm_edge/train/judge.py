@@ -72,7 +72,7 @@ class LlamaCppJudge:
         from epm_edge.runtime.llamacpp import load_model
 
         self.lc, self.rubric, self.n_ctx = lc, rubric, n_ctx
-        self.model = load_model(Path(path))  # plain CPU buffers: the AMX ones segfault on some Xeons
+        self.model = load_model(Path(path))
         self.vocab = lc.llama_model_get_vocab(self.model)
         params = lc.llama_context_default_params()
         params.n_ctx = params.n_batch = n_ctx
