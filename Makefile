@@ -58,4 +58,4 @@ bench: $(EXPORT)/report.json
 		--split test --limit 300 --timing-pairs 64 --repeat 2 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out build

@@ -54,7 +54,7 @@ def weight_layout(cpu_flags: set[str]) -> str:
     if amx_build():
         return ("AMX tiles where the quant type has AMX kernels (Q4_0, Q8_0, ...), else repacked; needs the "
                 "Makefile's patched build (an unpatched one can crash, see the Makefile)")
-    hint = "; this CPU has AMX: reinstall llama-cpp-python as the Makefile does, about 2x faster" \
+    hint = "; this CPU has AMX: reinstall llama-cpp-python as the Makefile does (faster)" \
         if "amx_int8" in cpu_flags else ""
     return "repacked for this CPU where the quant type allows" + hint
 

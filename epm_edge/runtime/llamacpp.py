@@ -70,7 +70,7 @@ def load_model(path: Path, vocab_only: bool = False):
     params = lc.llama_model_default_params()
     params.vocab_only = vocab_only
     # Extra buffer types hold the weights in the layout of the fast matmuls: repacked for AVX-512,
-    # or AMX tiles in an AMX build (about 2x faster on a 2-core Xeon; the Makefile builds it).
+    # or AMX tiles in an AMX build (the Makefile builds it; bench/reports/scorer-speed.md).
     params.use_extra_bufts = True
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:
