@@ -51,6 +51,13 @@ threads_option = click.option("--threads", type=int, default=None, help="CPU thr
 batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
 
 
+def _model_identity(path) -> str:
+    """What resumable outputs record of the model: a file's digest, a directory's path."""
+    from epm_edge.model_store import sha256_file
+
+    return sha256_file(path) if Path(path).is_file() else str(Path(path).resolve())
+
+
 def _load_scorer(model_path, backend, threads, batch_size):
     from epm_edge.model_store import default_model
     from epm_edge.runtime import load_scorer
@@ -89,7 +96,6 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
     from epm_edge.data import read_catalog
     from epm_edge.match.blocking import candidates
     from epm_edge.match.run import run_match
-    from epm_edge.model_store import sha256_file
     from epm_edge.report.tables import match_table
 
     a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
@@ -105,7 +111,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
     err.print(f"model: {path} ({scorer.name}), threshold {thr:.3f}")
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
-                "model_sha256": sha256_file(path) if Path(path).is_file() else str(Path(path).resolve()),
+                "model_sha256": _model_identity(path),
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
                 "explain_above": explain_above}
     with progress_bar() as bar:
@@ -144,10 +150,13 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--tune-limit", type=int, default=None, help="Tune on the first N pairs of --tune-split.")
 @click.option("--record-tokens", type=int, default=64, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
+@click.option("--scores", "scores_dir", type=click.Path(path_type=Path), default=None,
+              help="Append each pair's score to a JSONL file per set and split in this dir as it is scored; "
+                   "a rerun with the same arguments scores only the pairs not there yet.")
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
 def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_size, threshold, tune_split,
-             tune_limit, record_tokens, as_json, save_threshold):
+             tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
@@ -163,13 +172,15 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
     path, scorer = _load_scorer(model_path, backend, threads, batch_size)
+    identity = {"model": _model_identity(path), "backend": scorer.name}
     results, tunings = [], []
     try:
         with progress_bar() as bar:
             for d in dirs:
                 r, tuning = evaluate_set(scorer, d, split, limit=limit, skip=skip, threshold=threshold,
                                          tune_split=tune_split, tune_limit=tune_limit, record_tokens=record_tokens,
-                                         batch_size=batch_size, bar=bar)
+                                         batch_size=batch_size, bar=bar, scores_dir=scores_dir,
+                                         settings=identity)
                 results.append({**r, "model": str(path), "backend": scorer.name})
                 tunings += [tuning] if tuning else []
                 if as_json:

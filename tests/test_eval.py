@@ -38,3 +38,26 @@ def test_eval_skip_must_clear_the_tuning_pairs(data_dir, base_gguf):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout.splitlines()[0])
     assert row["skipped"] == 8 and row["n_pairs"] == 6 and row["threshold_tuned_on"] == "valid:8"
+
+
+def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
+    args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf), "--limit", "12",
+            "--tune-split", "valid", "--tune-limit", "8", "--batch-size", "4", "--json", "--scores", str(tmp_path)]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    test_file = tmp_path / "abt_buy-test-0-12.jsonl"
+    assert (tmp_path / "abt_buy-valid-0-8.jsonl").exists()
+    lines = test_file.read_text().splitlines()
+    assert len(lines) == 12
+    # as after a kill mid-run: the first batch written, a torn line after it
+    test_file.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    before, after = json.loads(first.stdout.splitlines()[0]), json.loads(again.stdout.splitlines()[0])
+    assert after["resumed_pairs"] == 4 and after["scored_pairs"] == 8
+    for key in ("threshold", "tp", "fp", "fn", "tn"):
+        assert after[key] == before[key]
+    rows = [json.loads(line) for line in test_file.read_text().splitlines()]
+    assert len(rows) == 12 and len({(r["a_id"], r["b_id"]) for r in rows}) == 12
+    other = CliRunner().invoke(main, [*args, "--record-tokens", "32"])
+    assert other.exit_code != 0 and "different settings (record_tokens)" in other.output

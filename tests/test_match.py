@@ -67,7 +67,7 @@ def test_writer_refuses_other_settings_and_recovers_torn_line(tmp_path):
     with pytest.raises(EpmError, match="different settings \\(threshold\\)"):
         ResultWriter(out, {"threshold": 0.6})
     w = ResultWriter(out, {"threshold": 0.5})
-    assert w.done == {("1", "x")}
+    assert w.done == {("1", "x"): 0.7}
     w.close()
     assert out.read_text().splitlines() == ["a_id,b_id,score,match", "1,x,0.700000,1"]
 

@@ -2,6 +2,9 @@
 
 Tuning scores another split (valid) and keeps the threshold that maximizes F1 there, so a test
 figure never sees its own labels; that is how the model card's per-set F1 is measured.
+
+With a scores dir, each pair's score is appended to `<set>-<split>-<skip>-<n>.jsonl` there as its
+batch finishes, so a whole-split run that is stopped resumes with the pairs it has not scored yet.
 """
 
 from __future__ import annotations
@@ -12,30 +15,64 @@ import numpy as np
 
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.metrics import best_threshold, compute_metrics
-from epm_edge.evaluate.scoring import score_pairs
+from epm_edge.evaluate.scoring import score_texts, serialize_pairs
+from epm_edge.match.output import ResultWriter
 
 
 def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None, skip: int = 0,
                  threshold: float | None = None, tune_split: str | None = None, tune_limit: int | None = None,
-                 record_tokens: int = 64, batch_size: int = 32, bar=None) -> tuple[dict, tuple | None]:
+                 record_tokens: int = 64, batch_size: int = 32, bar=None, scores_dir: Path | None = None,
+                 settings: dict | None = None) -> tuple[dict, tuple | None]:
     """(metrics of `scorer` on one split, (labels, scores) of the tuning pairs or None).
 
     The threshold is the one given, else tuned on `tune_split`, else stored with the model, else 0.5.
+    `settings` (model, backend) are stored beside the scores: a run with other settings will not reuse them.
     """
     ps = load_pair_set(data_dir)
+    settings = {**(settings or {}), "data": str(Path(data_dir).resolve()), "record_tokens": record_tokens}
+
+    def score(pairs, split_name: str, first: int, note: str = "") -> tuple[np.ndarray, float, int]:
+        """(scores of `pairs`, seconds spent, pairs scored now), reusing the scores already stored."""
+        keys = list(zip(pairs.a_ids, pairs.b_ids))
+        store = None
+        if scores_dir:
+            store = ResultWriter(Path(scores_dir) / f"{ps.name}-{split_name}-{first}-{len(pairs)}.jsonl", settings,
+                                 restart_hint="remove it or choose another --scores dir")
+        done = store.done if store else {}
+        todo = [i for i, k in enumerate(keys) if k not in done]
+        task = bar.add_task(f"{ps.name}/{split_name}{note}", total=len(keys), completed=len(keys) - len(todo)) \
+            if bar else None
+
+        def keep(lo: int, new: np.ndarray) -> None:
+            store.write([{"a_id": keys[i][0], "b_id": keys[i][1], "score": float(s)}
+                         for i, s in zip(todo[lo:lo + len(new)], new)])
+
+        texts = serialize_pairs(ps, pairs, record_tokens)
+        try:
+            new, seconds = score_texts(scorer, [texts[i] for i in todo], batch_size,
+                                       on_batch=(lambda n: bar.advance(task, n)) if bar else None,
+                                       on_scores=keep if store else None)
+        finally:
+            if store:
+                store.close()
+        scores = np.array([done.get(k, np.nan) for k in keys])
+        scores[todo] = new
+        return scores, seconds, len(todo)
+
     tuned_on = tuning = None
     if tune_split:
         tune = ps.split(tune_split).head(tune_limit)
-        scores, _ = _score(scorer, ps, tune, f"{ps.name}/{tune_split} (threshold)", record_tokens, batch_size, bar)
+        scores, *_ = score(tune, tune_split, 0, " (threshold)")
         threshold, tuned_on = best_threshold(tune.labels, scores), f"{tune_split}:{len(tune)}"
         tuning = (tune.labels, scores)
     elif threshold is None:
         threshold = scorer.threshold if scorer.threshold is not None else 0.5
     pairs = ps.split(split).head(limit, skip)
-    scores, seconds = _score(scorer, ps, pairs, f"{ps.name}/{split}", record_tokens, batch_size, bar)
+    scores, seconds, scored = score(pairs, split, skip)
     m = compute_metrics(pairs.labels, scores, threshold)
     return ({"data": str(data_dir), "split": split, "skipped": skip, "threshold_tuned_on": tuned_on,
-             **m.as_dict(), "seconds": seconds, "pairs_per_second": len(pairs) / seconds if seconds else 0.0}, tuning)
+             **m.as_dict(), "seconds": seconds, "scored_pairs": scored, "resumed_pairs": len(pairs) - scored,
+             "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
 
 
 def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:
@@ -43,9 +80,3 @@ def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:
     model that serves every domain, as a shipped default adapter records it."""
     labels = np.concatenate([np.asarray(t[0]) for t in tunings])
     return best_threshold(labels, np.concatenate([t[1] for t in tunings])), len(labels)
-
-
-def _score(scorer, ps, pairs, label, record_tokens, batch_size, bar):
-    task = bar.add_task(label, total=len(pairs)) if bar else None
-    return score_pairs(scorer, ps, pairs, record_tokens=record_tokens, batch_size=batch_size,
-                       on_batch=(lambda n: bar.advance(task, n)) if bar else None)

@@ -24,12 +24,14 @@ def _is_jsonl(path: Path) -> bool:
 
 
 class ResultWriter:
-    def __init__(self, path: Path, settings: dict, explain: bool = False, force: bool = False):
+    def __init__(self, path: Path, settings: dict, explain: bool = False, force: bool = False,
+                 restart_hint: str = "pass --force to start over or choose another -o"):
         self.path = Path(path)
+        self.restart_hint = restart_hint
         self.jsonl = _is_jsonl(self.path)
         self.fields = FIELDS + (("explanation",) if explain else ())
         self.sidecar = self.path.with_name(self.path.name + ".run.json")
-        self.done: set[tuple[str, str]] = set()
+        self.done: dict[tuple[str, str], float] = {}  # pairs already in the file -> their score
         if force:
             self.path.unlink(missing_ok=True)
             self.sidecar.unlink(missing_ok=True)
@@ -46,15 +48,15 @@ class ResultWriter:
 
     def _check_settings(self, settings: dict) -> None:
         if not self.sidecar.exists():
-            raise EpmError(f"{self.path}: exists but was not written by `epm-edge match`; "
-                           "pass --force to overwrite or choose another -o")
+            raise EpmError(f"{self.path}: exists but was not written by epm-edge (no {self.sidecar.name}); "
+                           f"{self.restart_hint}")
         old = json.loads(self.sidecar.read_text())
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise EpmError(f"{self.path}: an earlier run with different settings ({', '.join(changed)}) "
-                           "wrote this file; pass --force to start over or choose another -o")
+                           f"wrote this file; {self.restart_hint}")
 
-    def _recover(self) -> set[tuple[str, str]]:
+    def _recover(self) -> dict[tuple[str, str], float]:
         data = self.path.read_bytes()
         cut = data.rfind(b"\n") + 1
         if cut < len(data):  # torn last row from a hard kill: drop it, it is scored again
@@ -66,7 +68,7 @@ class ResultWriter:
             rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
             rows = list(csv.DictReader(io.StringIO(text)))
-        return {(str(r["a_id"]), str(r["b_id"])) for r in rows}
+        return {(str(r["a_id"]), str(r["b_id"])): float(r["score"]) for r in rows}
 
     def write(self, rows: list[dict]) -> None:
         buf = io.StringIO()
