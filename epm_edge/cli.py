@@ -13,6 +13,7 @@ import click
 
 from epm_edge import __version__
 from epm_edge.errors import EpmError
+from epm_edge.model_store import ADAPTER_QUANTS, DEFAULT_QUANT
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -43,8 +44,12 @@ def _columns(value: str | None) -> list[str] | None:
 
 
 model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-                             help="A .gguf file, a trained adapter dir (run as Q4_K_M GGUF), an ONNX variant dir or a "
-                                  "merged HF dir (default: models/epm-smollm2-135m if present, else the bundled base).")
+                             help="A .gguf file, a trained adapter dir (run as a GGUF, see --quant), an ONNX variant "
+                                  "dir or a merged HF dir (default: models/epm-smollm2-135m if present, else the "
+                                  "bundled base).")
+quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), default=None,
+                            help=f"GGUF type a trained adapter (and the default model) runs as, built once and "
+                                 f"cached [default: {DEFAULT_QUANT}].")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
@@ -58,12 +63,15 @@ def _model_identity(path) -> str:
     return sha256_file(path) if Path(path).is_file() else str(Path(path).resolve())
 
 
-def _load_scorer(model_path, backend, threads, batch_size):
+def _load_scorer(model_path, backend, threads, batch_size, quant=None):
+    """(the model as given or the default, its scorer). `quant` applies to adapter dirs only."""
     from epm_edge.model_store import default_model
     from epm_edge.runtime import load_scorer
 
-    path = model_path or default_model()
-    return path, load_scorer(path, backend=backend, threads=threads, batch_size=batch_size)
+    if quant and model_path and not (Path(model_path) / "adapter_config.json").exists():
+        raise click.UsageError(f"--quant applies to trained adapter dirs; {model_path} is not one")
+    path = model_path or default_model(quant)
+    return path, load_scorer(path, backend=backend, threads=threads, batch_size=batch_size, quant=quant)
 
 
 @main.command()
@@ -72,6 +80,7 @@ def _load_scorer(model_path, backend, threads, batch_size):
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
               help="Result file (.csv or .jsonl); resumable. Default: CSV on stdout.")
 @model_option
+@quant_option
 @backend_option
 @threads_option
 @batch_option
@@ -89,7 +98,7 @@ def _load_scorer(model_path, backend, threads, batch_size):
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
 @click.option("--explain-above", type=float, default=None, help="Explain pairs scoring at least this (default: the threshold).")
 @click.option("--force", is_flag=True, help="Overwrite an output file from a run with other settings.")
-def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size, top_k, threshold, id_col_a,
+def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, top_k, threshold, id_col_a,
           id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
     from epm_edge.console import err, progress_bar
@@ -104,14 +113,15 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
-    path, scorer = _load_scorer(model_path, backend, threads, batch_size)
+    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
-    err.print(f"model: {path} ({scorer.name}), threshold {thr:.3f}")
+    runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
+    err.print(f"model: {path}{runs_as} ({scorer.name}), threshold {thr:.3f}")
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
-                "model_sha256": _model_identity(path),
+                "model_sha256": _model_identity(scorer.path),
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
                 "explain_above": explain_above}
     with progress_bar() as bar:
@@ -141,6 +151,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
 @click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
 @model_option
+@quant_option
 @backend_option
 @threads_option
 @batch_option
@@ -155,7 +166,7 @@ def match(catalog_a, catalog_b, output, model_path, backend, threads, batch_size
                    "a rerun with the same arguments scores only the pairs not there yet.")
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
-def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_size, threshold, tune_split,
+def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, threshold, tune_split,
              tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
@@ -171,8 +182,8 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, backend, threads, batch_
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
-    path, scorer = _load_scorer(model_path, backend, threads, batch_size)
-    identity = {"model": _model_identity(path), "backend": scorer.name}
+    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
+    identity = {"model": _model_identity(scorer.path), "backend": scorer.name}
     results, tunings = [], []
     try:
         with progress_bar() as bar:

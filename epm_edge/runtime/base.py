@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -9,6 +10,7 @@ import numpy as np
 
 class Scorer(Protocol):
     name: str
+    path: Path  # the artifact scored with (a trained adapter's: its cached GGUF)
     threshold: float | None  # decision threshold stored with the model, if any
     metadata: dict  # provenance read from the artifact (prompt version, hashes, quant, ...)
 
