@@ -19,7 +19,7 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_ADAPTER = "epm-smollm2-135m"  # under models/: trained by `epm-edge train`, see its MODEL_CARD.md
 # The GGUF type a trained adapter runs as unless `--quant` says otherwise. Q8_0 over Q4_K_M: closer to
-# the fp32 model (export verify: 0.5% vs 2.5% flipped decisions) and faster on the CPUs measured here
+# the fp32 model (export verify: 0.5% vs 1.5% flipped decisions) and faster on the CPUs measured here
 # (model card, "Quantization of the default model").
 DEFAULT_QUANT = "Q8_0"
 ADAPTER_QUANTS = ("Q8_0", "Q4_K_M", "Q4_0")

@@ -28,7 +28,8 @@ def detect_backend(model: str | Path) -> str:
 
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
                 batch_size: int = 32, quant: str | None = None) -> Scorer:
-    """A scorer for `model`; a trained adapter dir runs as its GGUF of type `quant` (default: model_store.DEFAULT_QUANT)."""
+    """A scorer for `model`; a trained adapter dir runs as its cached GGUF of type `quant`
+    (default: model_store.DEFAULT_QUANT)."""
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
