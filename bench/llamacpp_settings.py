@@ -6,7 +6,7 @@ against its top-k B records, as `epm-edge match` does) with and without reuse of
 measures single-pair latency at several record token budgets (shorter records: fewer tokens, but
 less of each listing is seen).
 
-    .venv/bin/python bench/llamacpp_settings.py --gguf epm-export/gguf/model-Q4_0.gguf \
+    .venv/bin/python bench/llamacpp_settings.py --gguf epm-export/gguf/model-Q8_0.gguf \
         --data ../shared/data/abt_buy --pairs 192 --out bench/reports/llamacpp-settings
 
 Writes <out>.json and <out>.md.
