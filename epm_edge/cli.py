@@ -183,7 +183,8 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
     path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
-    identity = {"model": _model_identity(scorer.path), "backend": scorer.name}
+    # the stored scores' key; hashing the model costs a read of it, so only when scores are kept
+    identity = {"model": _model_identity(scorer.path), "backend": scorer.name} if scores_dir else None
     results, tunings = [], []
     try:
         with progress_bar() as bar:

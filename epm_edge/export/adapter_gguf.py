@@ -43,7 +43,7 @@ def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
     return target
 
 
-def build_gguf(adapter: Path, target: Path, quant: str = model_store.DEFAULT_QUANT) -> Path:
+def build_gguf(adapter: Path, target: Path, quant: str) -> Path:
     try:
         from epm_edge.export import gguf_convert, merge, quantize
         import torch  # noqa: F401  (merging needs it; say so before any work starts)
