@@ -262,6 +262,21 @@ def test_sft_resume_ends_early_with_the_intervals_given_now(sft_adapter, tiny_ba
     assert [h["step"] for h in state["log_history"] if "eval_f1_tuned" in h] == [2, 3]
 
 
+def test_sft_time_limit_ends_with_an_evaluated_checkpoint(tiny_base, data_dir, tmp_path):
+    """`--time-limit`: the run stops at the first step past the limit, evaluates and checkpoints there,
+    and writes its adapter as at a planned end."""
+    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    out = tmp_path / "sft"
+    run_sft(SFTSettings(DataConfig([data_dir / "abt_buy"], record_tokens=16), out, base=str(tiny_base),
+                        max_steps=50, batch_size=2, grad_accum=1, limit=8, eval_steps=50, eval_limit=4,
+                        logging_steps=1, rank=4, alpha=8, max_length=256, time_limit=1e-6))
+    result = read_sidecar(out)["result"]
+    assert (result["steps"], result["planned_steps"], result["valid"]["step"]) == (1, 50, 1)
+    assert [c.name for c in (out / "checkpoints").glob("checkpoint-*")] == ["checkpoint-1"]
+
+
 def test_rl_end_to_end_changes_adapter(sft_adapter, tiny_base, data_dir, tmp_path):
     from epm_edge.runtime.provenance import read_sidecar
     from epm_edge.train.rl import RLSettings, run_rl

@@ -30,6 +30,8 @@ def _data_options(f):
         click.option("--batch-size", type=int, default=None, help="Sequences per step (before accumulation)."),
         click.option("--grad-accum", type=int, default=None, help="Gradient accumulation steps."),
         click.option("--no-bf16", is_flag=True, help="Train in fp32 (bf16 autocast is ~3x faster on CPU)."),
+        click.option("--time-limit", type=click.FloatRange(min=0, min_open=True), default=None,
+                     help="Stop after this many minutes of training, with a last checkpoint (and evaluation)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -67,8 +69,8 @@ def train():
               help="Continue training this adapter (fresh optimizer and schedule).")
 @click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines).")
 def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
-        lr, batch_size, grad_accum, no_bf16, epochs, rank, alpha, eval_steps, eval_limit, qlora, decision_weight, init,
-        label_only):
+        lr, batch_size, grad_accum, no_bf16, time_limit, epochs, rank, alpha, eval_steps, eval_limit, qlora,
+        decision_weight, init, label_only):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
     from epm_edge.train.sft import SFTSettings, run_sft
 
@@ -76,7 +78,7 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
         alpha = 2 * rank
     s = SFTSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, seed), out,
                     base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16, init=init,
-                    **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                    time_limit=time_limit, **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                              epochs=epochs, rank=rank, alpha=alpha, eval_steps=eval_steps, eval_limit=eval_limit,
                              decision_weight=decision_weight))
     click.echo(f"adapter: {run_sft(s)}")
@@ -96,7 +98,7 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
 def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
-       lr, batch_size, grad_accum, no_bf16, init, weights, judge, rubric, num_generations, max_completion_length,
+       lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations, max_completion_length,
        beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
     from epm_edge.train.rl import RLSettings, run_rl
@@ -110,7 +112,7 @@ def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, se
             raise click.BadParameter("three comma-separated numbers: format,label,judge", param_hint="--weights")
     s = RLSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, False, seed), init, out,
                    base=base, judge=judge, rubric=rubric.read_text() if rubric else None, limit=limit, seed=seed,
-                   resume=resume, bf16=not no_bf16,
+                   resume=resume, bf16=not no_bf16, time_limit=time_limit,
                    **_given(weights=weights, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                             num_generations=num_generations, max_completion_length=max_completion_length, beta=beta,
                             save_steps=save_steps))

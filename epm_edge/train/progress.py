@@ -1,5 +1,5 @@
-"""Trainer callbacks: one progress line per logging step (step, metrics, tokens/s, ETA), and the
-intervals of a resumed run.
+"""Trainer callbacks: one progress line per logging step (step, metrics, tokens/s, ETA), the
+intervals of a resumed run, and a wall-clock limit.
 
 Plain lines rather than a live bar, because long runs go to a log file under nohup. Imported only
 from inside the training functions (it needs transformers).
@@ -55,3 +55,24 @@ class IntervalsFromArgs(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         state.compute_steps(args, state.max_steps)
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training once `minutes` of it have passed, at the end of a step, with a last evaluation
+    (where the run evaluates) and checkpoint, so the adapter is chosen and saved as at a planned end.
+    For a fixed time slot (a lent GPU, a night): the schedule was planned for all steps, so the
+    learning rate has not decayed to its end when the limit cuts in."""
+
+    def __init__(self, minutes: float):
+        self.seconds, self.start = minutes * 60, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.start < self.seconds:
+            return
+        control.should_training_stop = control.should_save = True
+        control.should_evaluate = args.eval_strategy != "no"
+        err.print(f"time limit of {self.seconds / 60:g} min reached at step {state.global_step}/{state.max_steps}: "
+                  "stopping", highlight=False)

@@ -43,6 +43,7 @@ class RLSettings:
     limit: int | None = None
     bf16: bool = True
     resume: bool = False
+    time_limit: float | None = None  # minutes
     seed: int = 0
     extra: dict = field(default_factory=dict)  # passed to trl's GRPOConfig as is
 
@@ -68,7 +69,7 @@ def run_rl(s: RLSettings) -> Path:
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import load_base_hf
     from epm_edge.train.judge import make_judge
-    from epm_edge.train.progress import IntervalsFromArgs, ProgressCallback
+    from epm_edge.train.progress import IntervalsFromArgs, ProgressCallback, TimeLimit
 
     init = Path(s.init)
     trained = read_sidecar(init)
@@ -95,7 +96,8 @@ def run_rl(s: RLSettings) -> Path:
         logging_steps=s.logging_steps, report_to=[],
         disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, **device_args(s.bf16), **s.extra)
     trainer = GRPOTrainer(model=model, reward_funcs=_reward_funcs(judge), args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=[ProgressCallback("rl"), IntervalsFromArgs()])
+                          processing_class=tok, callbacks=[ProgressCallback("rl"), IntervalsFromArgs()]
+                          + ([TimeLimit(s.time_limit)] if s.time_limit else []))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     try:
@@ -109,5 +111,6 @@ def run_rl(s: RLSettings) -> Path:
                  data={"config": s.data.to_json(), "train": summary(examples)},
                  hyperparameters=s.hyperparameters(),
                  result={"train_seconds": round(time.perf_counter() - t0, 1), "steps": trainer.state.global_step,
+                         "planned_steps": trainer.state.max_steps,
                          "train_loss": result.training_loss, "last_rewards": rewards[-1] if rewards else {}})
     return Path(s.out)
