@@ -78,7 +78,8 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
         alpha = 2 * rank
     s = SFTSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, seed), out,
                     base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16, init=init,
-                    time_limit=time_limit, **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
+                    time_limit=time_limit,
+                    **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
                              epochs=epochs, rank=rank, alpha=alpha, eval_steps=eval_steps, eval_limit=eval_limit,
                              decision_weight=decision_weight))
     click.echo(f"adapter: {run_sft(s)}")
@@ -98,8 +99,8 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
 def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
-       lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations, max_completion_length,
-       beta, save_steps):
+       lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations,
+       max_completion_length, beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
     from epm_edge.train.rl import RLSettings, run_rl
 

@@ -76,3 +76,8 @@ class TimeLimit(TrainerCallback):
         control.should_evaluate = args.eval_strategy != "no"
         err.print(f"time limit of {self.seconds / 60:g} min reached at step {state.global_step}/{state.max_steps}: "
                   "stopping", highlight=False)
+
+
+def training_callbacks(label: str, time_limit: float | None) -> list:
+    """The callbacks every epm-edge training run uses: progress lines, resumed intervals, time limit."""
+    return [ProgressCallback(label), IntervalsFromArgs()] + ([TimeLimit(time_limit)] if time_limit else [])

@@ -69,7 +69,7 @@ def run_rl(s: RLSettings) -> Path:
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import load_base_hf
     from epm_edge.train.judge import make_judge
-    from epm_edge.train.progress import IntervalsFromArgs, ProgressCallback, TimeLimit
+    from epm_edge.train.progress import training_callbacks
 
     init = Path(s.init)
     trained = read_sidecar(init)
@@ -96,8 +96,7 @@ def run_rl(s: RLSettings) -> Path:
         logging_steps=s.logging_steps, report_to=[],
         disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, **device_args(s.bf16), **s.extra)
     trainer = GRPOTrainer(model=model, reward_funcs=_reward_funcs(judge), args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=[ProgressCallback("rl"), IntervalsFromArgs()]
-                          + ([TimeLimit(s.time_limit)] if s.time_limit else []))
+                          processing_class=tok, callbacks=training_callbacks("rl", s.time_limit))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     try:

@@ -158,7 +158,7 @@ def run_sft(s: SFTSettings) -> Path:
 
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import load_base_hf
-    from epm_edge.train.progress import IntervalsFromArgs, ProgressCallback, TimeLimit
+    from epm_edge.train.progress import training_callbacks
 
     resume = check_resume(s.out, s.resume)
     train = build_examples(s.data, "train", limit=s.limit)
@@ -197,8 +197,7 @@ def run_sft(s: SFTSettings) -> Path:
                          eval_dataset=_dataset(valid) if evaluate else None, processing_class=tok,
                          peft_config=lora, compute_metrics=compute if evaluate else None,
                          preprocess_logits_for_metrics=preprocess if evaluate else None,
-                         callbacks=[ProgressCallback("sft"), IntervalsFromArgs()]
-                         + ([TimeLimit(s.time_limit)] if s.time_limit else []))
+                         callbacks=training_callbacks("sft", s.time_limit))
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints the same logs in one line
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume or None)
@@ -210,6 +209,7 @@ def run_sft(s: SFTSettings) -> Path:
                  data={"config": s.data.to_json(), "train": summary(train), "valid": summary(valid)},
                  hyperparameters=s.hyperparameters(),
                  result={"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
-                         "planned_steps": trainer.state.max_steps, "train_loss": result.training_loss, "tokens_seen": int(trainer.state.num_input_tokens_seen),
+                         "planned_steps": trainer.state.max_steps, "train_loss": result.training_loss,
+                         "tokens_seen": int(trainer.state.num_input_tokens_seen),
                          "best_checkpoint": trainer.state.best_model_checkpoint, "valid": final})
     return Path(s.out)
