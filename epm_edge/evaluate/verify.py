@@ -1,9 +1,12 @@
 """The verification gate: does each exported variant still match products like the reference?
 
 Every variant is scored through the runtime it ships for (transformers for the merged reference,
-llama.cpp for GGUF, ONNX Runtime for ONNX) on the same labelled pairs. The decision threshold is
-chosen once, maximizing the reference's F1 on these pairs, and applied to every variant, so
-"decision flips" are pairs whose match/no-match answer differs from the reference's.
+llama.cpp for GGUF, ONNX Runtime for ONNX) on the same labelled pairs. Each scoring gets its own
+decision threshold, the one maximizing its F1 on these pairs, and ships with it: quantization can
+shift every score of a variant (4-bit types lower P(match) of true matches by a few points) while
+ranking pairs as well as the reference, and the reference's cut would then count as lost matches
+what a cut of its own keeps. "Decision flips" are pairs whose match/no-match answer, each scoring
+at its own cut, differs from the reference's.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class VariantResult:
     format: str
     quant: str
     path: str
+    threshold: float  # maximizes this scoring's F1 on the verification pairs; stored in the artifact
     precision: float
     recall: float
     f1: float
@@ -57,7 +61,7 @@ class VariantResult:
 
 @dataclass
 class Verification:
-    threshold: float
+    threshold: float  # the reference's
     n_pairs: int
     reference: VariantResult
     variants: list[VariantResult]
@@ -102,20 +106,21 @@ def verify(reference: Candidate, candidates: list[Candidate], ps: PairSet, pairs
     ref_scores, load, rate = _score(reference, ps, pairs, record_tokens, threads, batch_size)
     threshold = best_threshold(labels, ref_scores)
     ref_m = compute_metrics(labels, ref_scores, threshold)
-    ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), ref_m.precision,
-                        ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0, artifact_size(reference.path), load, rate,
-                        None, None, True)
+    ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), threshold,
+                        ref_m.precision, ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0, artifact_size(reference.path),
+                        load, rate, None, None, True)
     log(f"reference F1 {ref_m.f1:.3f} at threshold {threshold:.4f} ({rate:.1f} pairs/s)")
     results = []
     for c in candidates:
         scores, load, rate = _score(c, ps, pairs, record_tokens, threads, batch_size)
-        m = compute_metrics(labels, scores, threshold)
-        delta, flips = m.f1 - ref_m.f1, flip_rate(ref_scores, scores, threshold)
+        own = best_threshold(labels, scores)
+        m = compute_metrics(labels, scores, own)
+        delta, flips = m.f1 - ref_m.f1, flip_rate(ref_scores, scores, threshold, own)
         # A small epsilon so a budget met exactly (e.g. 2 flips of 200 at 1 %) is not failed by rounding.
         passed = abs(delta) * 100 <= c.max_delta_f1 + 1e-9 and flips <= c.max_flip_rate + 1e-9
-        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), m.precision, m.recall, m.f1, delta,
+        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), own, m.precision, m.recall, m.f1, delta,
                                      flips, float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
                                      load, rate, c.max_delta_f1, c.max_flip_rate, passed))
-        log(f"{c.name}: F1 {m.f1:.3f} (delta {delta * 100:+.2f} pt), flips {flips:.1%}, "
+        log(f"{c.name}: F1 {m.f1:.3f} at threshold {own:.4f} (delta {delta * 100:+.2f} pt), flips {flips:.1%}, "
             f"{rate:.1f} pairs/s, {'pass' if passed else 'FAIL'}")
     return Verification(threshold, len(pairs), ref, results)
