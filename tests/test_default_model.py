@@ -81,9 +81,16 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     assert result.exit_code == 0, result.output
     stored = json.loads((random_adapter / SIDECAR).read_text())
     assert stored["threshold"] != 0.37 and stored["threshold_tuned_on"].startswith("train: 24 pairs")
+    assert stored["thresholds"] == {model_store.DEFAULT_QUANT: stored["threshold"]}
     restamped = load_scorer(random_adapter)
     assert restamped.path == built and restamped.threshold == pytest.approx(stored["threshold"], abs=1e-6)
     restamped.close()
+    # a quant type with a cut of its own gets it; the others get the latest one tuned
+    (random_adapter / SIDECAR).write_text(json.dumps({**stored, "thresholds": {**stored["thresholds"], other: 0.21}}))
+    for q, cut in ((other, 0.21), (model_store.DEFAULT_QUANT, stored["threshold"])):
+        s = load_scorer(random_adapter, quant=q)
+        assert s.threshold == pytest.approx(cut, abs=1e-6)
+        s.close()
 
 
 def test_default_model_is_the_shipped_adapter_else_the_base(home):

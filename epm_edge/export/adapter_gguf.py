@@ -3,7 +3,8 @@
 This is how a trained adapter (the shipped default model, or any `epm-edge train` output passed
 as `--model`) becomes something llama.cpp runs; the result is cached under
 `model_store.home()/adapters/`, keyed by the adapter's sha256, so it is built once per adapter.
-The decision threshold the adapter records (chosen on valid splits) is written into the GGUF.
+The decision threshold the adapter records for that quant type (chosen on valid splits, see
+`adapter_threshold`) is written into the GGUF.
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ def gguf_metadata(prov) -> dict:
             "adapter_sha256": prov.adapter_sha256 or "none", "version": __version__}
 
 
+def adapter_threshold(adapter: Path, quant: str) -> float | None:
+    """The cut `eval --save-threshold` stored for this quant type, else the adapter's latest one:
+    quantization shifts scores (4-bit more than 8-bit), so each type may have its own."""
+    sidecar = read_sidecar(adapter)
+    threshold = sidecar.get("thresholds", {}).get(quant, sidecar.get("threshold"))
+    return None if threshold is None else float(threshold)
+
+
 def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
     """The adapter's GGUF of type `quant` (default: model_store.DEFAULT_QUANT), built on first use
     (about a minute) and cached."""
@@ -37,9 +46,9 @@ def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
     else:  # the key covers the weights only: a threshold stored later (eval --save-threshold) is stamped in
         from epm_edge.export.gguf_convert import read_metadata, set_metadata
 
-        threshold, stamped = read_sidecar(adapter).get("threshold"), read_metadata(target).get("threshold")
-        if threshold is not None and (stamped is None or abs(stamped - float(threshold)) > 1e-6):
-            set_metadata(target, {"threshold": float(threshold)})
+        threshold, stamped = adapter_threshold(adapter, quant), read_metadata(target).get("threshold")
+        if threshold is not None and (stamped is None or abs(stamped - threshold) > 1e-6):
+            set_metadata(target, {"threshold": threshold})
     return target
 
 
@@ -59,8 +68,8 @@ def build_gguf(adapter: Path, target: Path, quant: str) -> Path:
         gguf_convert.convert(tmp / "merged", f16, source_gguf=base.gguf,
                              metadata={**gguf_metadata(prov), "quant": "F16"})
         built = quantize.quantize(f16, tmp / "model.gguf", quant)
-        threshold = read_sidecar(adapter).get("threshold")
+        threshold = adapter_threshold(adapter, quant)
         if threshold is not None:
-            gguf_convert.set_metadata(built, {"threshold": float(threshold)})
+            gguf_convert.set_metadata(built, {"threshold": threshold})
         built.replace(target)
     return target
