@@ -151,7 +151,8 @@ def main():
     scorer.close()
 
     summary = {
-        "best_gguf": best["name"], "best_gguf_keeps_f1": bool(kept), "speedup_vs_transformers": best["pairs_per_second"] / hf["pairs_per_second"],
+        "best_gguf": best["name"], "best_gguf_keeps_f1": bool(kept),
+        "speedup_vs_transformers": best["pairs_per_second"] / hf["pairs_per_second"],
         "speedup_vs_plain_optimum_int8": best["pairs_per_second"] / plain["pairs_per_second"],
         "delta_f1_vs_transformers_points": 100 * (best["f1"] - hf["f1"]),
         "single_pair_latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),

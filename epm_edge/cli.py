@@ -207,9 +207,9 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
         if save_threshold:  # for the quant type scored, and as the cut of types that have none yet
             q = scorer.metadata["quant"]  # an adapter dir runs as its cached GGUF, which records its type
             sidecar = read_sidecar(model_path)
-            write_sidecar(model_path, {**sidecar, "threshold": cut, "thresholds": {**sidecar.get("thresholds", {}), q: cut},
-                                       "threshold_tuned_on": f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)}"
-                                                             f" ({q})"})
+            tuned_on = f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)} ({q})"
+            write_sidecar(model_path, {**sidecar, "threshold": cut, "threshold_tuned_on": tuned_on,
+                                       "thresholds": {**sidecar.get("thresholds", {}), q: cut}})
             err.print(f"threshold {cut:.4f} ({q}) stored in {Path(model_path) / SIDECAR}")
 
 
