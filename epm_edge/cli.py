@@ -57,10 +57,16 @@ batch_option = click.option("--batch-size", type=int, default=32, show_default=T
 
 
 def _model_identity(path) -> str:
-    """What resumable outputs record of the model: a file's digest, a directory's path."""
+    """What resumable outputs record of the model: the digest of a GGUF's tensor data (metadata
+    stamped later, such as a threshold, changes no score), another file's digest, a directory's path."""
     from epm_edge.model_store import sha256_file
 
-    return sha256_file(path) if Path(path).is_file() else str(Path(path).resolve())
+    path = Path(path)
+    if path.suffix == ".gguf":
+        import gguf
+
+        return sha256_file(path, start=gguf.GGUFReader(path).data_offset)
+    return sha256_file(path) if path.is_file() else str(path.resolve())
 
 
 def _load_scorer(model_path, backend, threads, batch_size, quant=None):

@@ -32,9 +32,11 @@ def home() -> Path:
     return root
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: str | Path, chunk: int = 1 << 20, start: int = 0) -> str:
+    """Digest of the file's bytes from offset `start` on."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        f.seek(start)
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()

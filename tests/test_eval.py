@@ -1,7 +1,9 @@
 """`epm-edge eval`: several sets in one run, threshold tuned on valid, consistent figures."""
 
 import json
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from epm_edge.cli import main
@@ -67,3 +69,21 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     assert len(rows) == 12 and len({(r["a_id"], r["b_id"]) for r in rows}) == 12
     other = CliRunner().invoke(main, [*args, "--record-tokens", "32"])
     assert other.exit_code != 0 and "different settings (record_tokens)" in other.output
+
+
+def test_scores_dir_survives_a_threshold_stamped_into_the_model(data_dir, base_gguf, tmp_path):
+    """`eval --save-threshold` restamps the cached GGUF's metadata; its stored scores stay valid."""
+    import shutil
+
+    from epm_edge.export.gguf_convert import set_metadata
+
+    model = shutil.copy(base_gguf, tmp_path / "model.gguf")
+    args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(model), "--limit", "4",
+            "--batch-size", "4", "--json", "--scores", str(tmp_path / "scores")]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    set_metadata(Path(model), {"threshold": 0.3})
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    row = json.loads(again.stdout.splitlines()[0])
+    assert row["resumed_pairs"] == 4 and row["scored_pairs"] == 0 and row["threshold"] == pytest.approx(0.3)
