@@ -171,7 +171,8 @@ def report_markdown(report: dict) -> str:
         lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {v['size_bytes'] / 1e6:.0f} "
                      f"| {v['load_seconds']:.1f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
                      f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['delta_f1'] * 100:+.2f} "
-                     f"| {v['flip_rate']:.1%} | {v['mean_abs_dp']:.4f} | {budget} | {'pass' if v['passed'] else '**FAIL**'} |")
+                     f"| {v['flip_rate']:.1%} | {v['mean_abs_dp']:.4f} | {budget} "
+                     f"| {'pass' if v['passed'] else '**FAIL**'} |")
     prov = report["provenance"]
     return (f"# epm-edge export report\n\n"
             f"Verified on {report['n_pairs']} pairs of `{report['data']}` ({report['split']}). Each variant's "
