@@ -24,8 +24,8 @@ record_tokens = 32
 {variants}
 """
 VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-q8_0", "gguf", "Q8_0"), ("gguf-q4_k_m", "gguf", "Q4_K_M"),
-            ("gguf-q4_0", "gguf", "Q4_0"), ("onnx-fp32", "onnx", "fp32"), ("onnx-int8", "onnx", "int8"),
-            ("onnx-int8-block", "onnx", "int8-block"), ("onnx-int4", "onnx", "int4")]
+            ("gguf-q4_0", "gguf", "Q4_0"), ("gguf-iq4_nl", "gguf", "IQ4_NL"), ("onnx-fp32", "onnx", "fp32"),
+            ("onnx-int8", "onnx", "int8"), ("onnx-int8-block", "onnx", "int8-block"), ("onnx-int4", "onnx", "int4")]
 
 
 def recipe_text() -> str:
@@ -120,7 +120,7 @@ def test_export_layout_and_report(tiny_export):
         assert v["passed"] and v["size_bytes"] > 0 and v["pairs_per_second"] > 0
     assert 0.0 <= report["threshold"] <= 1.0
     assert sorted(p.name for p in (tiny_export / "gguf").iterdir()) == [
-        "model-F16.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf", "model-Q8_0.gguf"]
+        "model-F16.gguf", "model-IQ4_NL.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf", "model-Q8_0.gguf"]
     assert sorted(p.name for p in (tiny_export / "onnx").iterdir()) == ["fp32", "int4", "int8", "int8-block"]
     assert (tiny_export / "merged" / "model.safetensors").exists()
     assert "| onnx-int4 |" in (tiny_export / "report.md").read_text()

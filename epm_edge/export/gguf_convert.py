@@ -163,10 +163,19 @@ def set_metadata(path: Path, metadata: dict) -> None:
     """Rewrite a GGUF with `epm.*` keys added or replaced (the threshold and verification scores
     are only known after verify). The tensors are copied byte for byte."""
     reader = gguf.GGUFReader(path)
-    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    new = {k if k.startswith(EPM_PREFIX) else EPM_PREFIX + k: v for k, v in metadata.items()}
     tmp = path.with_name(path.name + ".tmp")
-    w = gguf.GGUFWriter(str(tmp), arch, endianess=reader.endianess)
+    write_like(reader, tmp, metadata=metadata)
+    del reader  # release the memory map before replacing the file
+    os.replace(tmp, path)
+
+
+def write_like(reader: gguf.GGUFReader, out: Path, tensors: list | None = None, metadata: dict | None = None) -> None:
+    """Write `reader`'s metadata, with the `epm.*` keys of `metadata` added or replaced, and
+    `tensors` (ReaderTensors, default the reader's own) byte for byte to `out`."""
+    arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
+    new = {k if k.startswith(EPM_PREFIX) else EPM_PREFIX + k: v for k, v in (metadata or {}).items()}
+    tensors = reader.tensors if tensors is None else tensors
+    w = gguf.GGUFWriter(str(out), arch, endianess=reader.endianess)
     for field in reader.fields.values():
         # GGUF.* are virtual fields and general.architecture is written by the writer itself.
         if field.name.startswith("GGUF.") or field.name == gguf.Keys.General.ARCHITECTURE or field.name in new:
@@ -175,16 +184,14 @@ def set_metadata(path: Path, metadata: dict) -> None:
         w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
     for key, value in new.items():
         _add_epm(w, key, value)
-    for t in reader.tensors:
+    for t in tensors:
         w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for t in reader.tensors:
+    for t in tensors:
         w.write_tensor_data(t.data, tensor_endianess=reader.endianess)
     w.close()
-    del reader  # release the memory map before replacing the file
-    os.replace(tmp, path)
 
 
 def read_metadata(path: Path) -> dict:

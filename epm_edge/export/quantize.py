@@ -20,6 +20,7 @@ GGUF_QUANTS = {
     "Q4_K_M": lc.LLAMA_FTYPE_MOSTLY_Q4_K_M,
     "Q4_K_S": lc.LLAMA_FTYPE_MOSTLY_Q4_K_S,
     "Q4_0": lc.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "IQ4_NL": lc.LLAMA_FTYPE_MOSTLY_IQ4_NL,  # 4-bit non-linear, blocks of 32 like Q4_0; no imatrix needed
 }
 
 
