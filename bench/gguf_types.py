@@ -27,6 +27,7 @@ from pathlib import Path
 import gguf
 import llama_cpp
 import numpy as np
+from sklearn.metrics import average_precision_score
 
 from epm_edge.bench.hostinfo import host_facts
 from epm_edge.data import load_pair_set
@@ -55,12 +56,6 @@ def mix(q4: Path, q8: Path, out: Path, from_q8: tuple[str, ...]) -> Path:
     t8 = {t.name: t for t in r8.tensors}
     write_like(r4, out, tensors=[t8[t.name] if any(p in t.name for p in from_q8) else t for t in r4.tensors])
     return out
-
-
-def average_precision(labels, scores) -> float:
-    y = np.asarray(labels, bool)[np.argsort(-np.asarray(scores), kind="stable")]
-    hits = np.cumsum(y)
-    return float(np.sum(hits[y] / (np.flatnonzero(y) + 1)) / max(y.sum(), 1))
 
 
 def best_f1(labels, scores) -> float:
@@ -96,7 +91,7 @@ def main():
             cut = best_threshold(labels[:half], scores[:half])
             rows.append({"type": name, "megabytes": files[name].stat().st_size / 1e6,
                          "pairs_per_second": len(texts) / seconds,
-                         "average_precision": average_precision(labels, scores), "best_f1": best_f1(labels, scores),
+                         "average_precision": float(average_precision_score(labels, scores)), "best_f1": best_f1(labels, scores),
                          "cut": cut, "f1_second_half": compute_metrics(labels[half:], scores[half:], cut).f1,
                          "scores": scores.tolist()})
             print({k: v for k, v in rows[-1].items() if k != "scores"}, flush=True)
