@@ -88,11 +88,12 @@ def main():
             scorer = LlamaCppScorer(files[name], threads=args.threads)
             score_texts(scorer, texts[:16])  # warm-up
             scores, seconds = score_texts(scorer, texts)
+            scorer.close()
             cut = best_threshold(labels[:half], scores[:half])
             rows.append({"type": name, "megabytes": files[name].stat().st_size / 1e6,
                          "pairs_per_second": len(texts) / seconds,
-                         "average_precision": float(average_precision_score(labels, scores)), "best_f1": best_f1(labels, scores),
-                         "cut": cut, "f1_second_half": compute_metrics(labels[half:], scores[half:], cut).f1,
+                         "average_precision": float(average_precision_score(labels, scores)),
+                         "best_f1": best_f1(labels, scores), "cut": cut, "f1_second_half": compute_metrics(labels[half:], scores[half:], cut).f1,
                          "scores": scores.tolist()})
             print({k: v for k, v in rows[-1].items() if k != "scores"}, flush=True)
     ref = next(r for r in rows if r["type"] == "F16")
