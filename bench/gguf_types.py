@@ -1,6 +1,6 @@
 """Which GGUF type keeps the matcher's accuracy, and at what speed, against the F16 of one export.
 
-Types: llama.cpp's own (F16, Q8_0, Q4_K_M, Q4_0, IQ4_NL) and Q4_0 with one class of tensors left
+Types: llama.cpp's own (F16, BF16, Q8_0, Q4_K_M, Q4_0, IQ4_NL) and Q4_0 with one class of tensors left
 at Q8_0 (attention; ffn_down; ffn_up + ffn_gate), to find where 4-bit weights cost the accuracy.
 On the same labelled pairs each type is scored by the batched llama.cpp scorer and reported with:
   - pairs/s of that scoring (one pass, 2 threads by default),
@@ -40,6 +40,7 @@ from epm_edge.runtime.llamacpp import LlamaCppScorer
 # name -> (llama.cpp type, tensor name parts taken from the Q8_0 file instead)
 TYPES = {
     "F16": ("F16", ()),
+    "BF16": ("BF16", ()),
     "Q8_0": ("Q8_0", ()),
     "Q4_K_M": ("Q4_K_M", ()),
     "Q4_0": ("Q4_0", ()),
@@ -80,7 +81,7 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = {"F16": args.gguf}
-        for q in ("Q8_0", "Q4_K_M", "Q4_0", "IQ4_NL"):
+        for q in ("BF16", "Q8_0", "Q4_K_M", "Q4_0", "IQ4_NL"):
             files[q] = quantize(args.gguf, Path(tmp) / f"{q}.gguf", q, args.threads)
         for i, (name, (base, from_q8)) in enumerate(TYPES.items()):
             if from_q8:

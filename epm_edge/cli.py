@@ -13,7 +13,7 @@ import click
 
 from epm_edge import __version__
 from epm_edge.errors import EpmError
-from epm_edge.model_store import ADAPTER_QUANTS, DEFAULT_QUANT
+from epm_edge.model_store import ADAPTER_QUANTS
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,8 +48,8 @@ model_option = click.option("--model", "model_path", type=click.Path(path_type=P
                                   "dir or a merged HF dir (default: models/epm-smollm2-135m if present, else the "
                                   "bundled base).")
 quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), default=None,
-                            help=f"GGUF type a trained adapter (and the default model) runs as, built once and "
-                                 f"cached [default: {DEFAULT_QUANT}].")
+                            help="GGUF type a trained adapter (and the default model) runs as, built once and "
+                                 "cached [default: BF16 where llama.cpp has AVX512_BF16 and no AMX, else Q8_0].")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")

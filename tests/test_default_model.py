@@ -52,7 +52,7 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     built = scorer.path
     assert built.parent == home / "adapters" and built.suffix == ".gguf"
     meta = read_metadata(built)
-    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == model_store.DEFAULT_QUANT
+    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == model_store.default_quant()
     assert scorer.threshold == pytest.approx(0.37)
     tuned = scorer.score(pairs)
     scorer.close()
@@ -63,7 +63,7 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     again = load_scorer(random_adapter)
     assert again.path == built and built.stat().st_mtime_ns == mtime  # cached, not rebuilt
     again.close()
-    other = next(q for q in model_store.ADAPTER_QUANTS if q != model_store.DEFAULT_QUANT)
+    other = next(q for q in model_store.ADAPTER_QUANTS if q != model_store.default_quant())
     requantized = load_scorer(random_adapter, batch_size=6, quant=other)  # `--quant`: a second cached GGUF
     assert requantized.path != built and read_metadata(requantized.path)["quant"] == other
     assert np.abs(requantized.score(pairs) - tuned).max() < 0.1  # the same model, quantized otherwise
@@ -81,13 +81,13 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     assert result.exit_code == 0, result.output
     stored = json.loads((random_adapter / SIDECAR).read_text())
     assert stored["threshold"] != 0.37 and stored["threshold_tuned_on"].startswith("train: 24 pairs")
-    assert stored["thresholds"] == {model_store.DEFAULT_QUANT: stored["threshold"]}
+    assert stored["thresholds"] == {model_store.default_quant(): stored["threshold"]}
     restamped = load_scorer(random_adapter)
     assert restamped.path == built and restamped.threshold == pytest.approx(stored["threshold"], abs=1e-6)
     restamped.close()
     # a quant type with a cut of its own gets it; the others get the latest one tuned
     (random_adapter / SIDECAR).write_text(json.dumps({**stored, "thresholds": {**stored["thresholds"], other: 0.21}}))
-    for q, cut in ((other, 0.21), (model_store.DEFAULT_QUANT, stored["threshold"])):
+    for q, cut in ((other, 0.21), (model_store.default_quant(), stored["threshold"])):
         s = load_scorer(random_adapter, quant=q)
         assert s.threshold == pytest.approx(cut, abs=1e-6)
         s.close()

@@ -23,8 +23,9 @@ split = "valid"
 record_tokens = 32
 {variants}
 """
-VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-q8_0", "gguf", "Q8_0"), ("gguf-q4_k_m", "gguf", "Q4_K_M"),
-            ("gguf-q4_0", "gguf", "Q4_0"), ("gguf-iq4_nl", "gguf", "IQ4_NL"), ("onnx-fp32", "onnx", "fp32"),
+VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-bf16", "gguf", "BF16"), ("gguf-q8_0", "gguf", "Q8_0"),
+            ("gguf-q4_k_m", "gguf", "Q4_K_M"), ("gguf-q4_0", "gguf", "Q4_0"), ("gguf-iq4_nl", "gguf", "IQ4_NL"),
+            ("onnx-fp32", "onnx", "fp32"),
             ("onnx-int8", "onnx", "int8"), ("onnx-int8-block", "onnx", "int8-block"), ("onnx-int4", "onnx", "int4")]
 
 
@@ -120,7 +121,8 @@ def test_export_layout_and_report(tiny_export):
         assert v["passed"] and v["size_bytes"] > 0 and v["pairs_per_second"] > 0
     assert 0.0 <= report["threshold"] <= 1.0
     assert sorted(p.name for p in (tiny_export / "gguf").iterdir()) == [
-        "model-F16.gguf", "model-IQ4_NL.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf", "model-Q8_0.gguf"]
+        "model-BF16.gguf", "model-F16.gguf", "model-IQ4_NL.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf",
+        "model-Q8_0.gguf"]
     assert sorted(p.name for p in (tiny_export / "onnx").iterdir()) == ["fp32", "int4", "int8", "int8-block"]
     assert (tiny_export / "merged" / "model.safetensors").exists()
     assert "| onnx-int4 |" in (tiny_export / "report.md").read_text()
@@ -131,9 +133,10 @@ def test_full_precision_variants_agree_with_reference(tiny_export):
     """F16 GGUF in llama.cpp and fp32 ONNX in ORT score like the merged model in transformers."""
     report = json.loads((tiny_export / "report.json").read_text())
     by_name = {v["name"]: v for v in report["variants"]}
-    # fp32 ONNX: same arithmetic up to kernel order. F16 GGUF: weights rounded to 11 bits.
+    # fp32 ONNX: same arithmetic up to kernel order. F16 GGUF: weights rounded to 11 bits, BF16 to 8.
     assert by_name["onnx-fp32"]["mean_abs_dp"] < 1e-4
     assert by_name["gguf-f16"]["mean_abs_dp"] < 5e-3
+    assert by_name["gguf-bf16"]["mean_abs_dp"] < 1e-2
     assert by_name["onnx-fp32"]["flip_rate"] == 0
 
 
@@ -327,7 +330,7 @@ def test_default_recipe_builds_required_variants():
     got = {(v.format, v.quant) for v in recipe.variants}
     assert {("gguf", "Q8_0"), ("gguf", "Q4_K_M"), ("gguf", "Q4_0"), ("onnx", "int8"), ("onnx", "int4")} <= got
     for v in recipe.variants:
-        bits8 = v.quant in ("Q8_0", "int8", "int8-block", "F16", "fp32")
+        bits8 = v.quant in ("Q8_0", "int8", "int8-block", "F16", "BF16", "fp32")
         assert (v.max_delta_f1, v.max_flip_rate) == ((0.5, 0.01) if bits8 else (1.5, 0.03))
 
 

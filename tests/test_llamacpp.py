@@ -111,3 +111,16 @@ def test_broken_model_files(tmp_path, base_gguf):
         LlamaCppScorer(truncated)
     with pytest.raises(ModelError, match="not found"):
         load_scorer(tmp_path / "missing.gguf")
+
+
+def test_build_features_are_the_cpus():
+    """The features read from llama.cpp's system info (they pick the default GGUF type) are real
+    names of this native build: present exactly where the CPU has them."""
+    from epm_edge import model_store
+    from epm_edge.doctor import cpu_info
+    from epm_edge.runtime.llamacpp import build_features
+
+    features, flags = build_features(), cpu_info()[1]
+    assert ("AVX2" in features) == ("avx2" in flags)
+    assert ("AVX512_BF16" in features) == ("avx512_bf16" in flags)
+    assert model_store.default_quant() in model_store.ADAPTER_QUANTS

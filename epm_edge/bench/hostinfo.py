@@ -8,7 +8,8 @@ import platform
 import subprocess
 from pathlib import Path
 
-from epm_edge.doctor import CPU_FLAGS, cpu_info, llama_system_info, version
+from epm_edge.doctor import CPU_FLAGS, cpu_info, version
+from epm_edge.runtime.llamacpp import build_features
 
 PACKAGES = ("epm-edge", "llama-cpp-python", "onnxruntime", "torch", "transformers", "bitsandbytes",
             "optimum-onnx", "scikit-learn", "numpy")
@@ -29,12 +30,6 @@ def git_commit() -> str:
     return head.stdout.strip() + ("+dirty" if dirty.strip() else "")
 
 
-def _enabled(system_info: str) -> list[str]:
-    """Names set to 1 in llama.cpp's `CPU : AVX2 = 1 | AMX_INT8 = 1 | ...` line."""
-    parts = [p.split("=") for p in system_info.split(":", 1)[-1].split("|")]
-    return [p[0].strip() for p in parts if len(p) == 2 and p[1].strip() == "1"]
-
-
 def host_facts() -> dict:
     import psutil
 
@@ -50,6 +45,6 @@ def host_facts() -> dict:
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": {p: version(p) for p in PACKAGES},
-        "llama_cpp_features": _enabled(llama_system_info()),
+        "llama_cpp_features": list(build_features()),
         "git_commit": git_commit(),
     }

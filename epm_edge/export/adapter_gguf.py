@@ -34,11 +34,11 @@ def adapter_threshold(adapter: Path, quant: str) -> float | None:
 
 
 def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
-    """The adapter's GGUF of type `quant` (default: model_store.DEFAULT_QUANT), built on first use
+    """The adapter's GGUF of type `quant` (default: model_store.default_quant()), built on first use
     (about a minute) and cached."""
     from epm_edge.export.merge import adapter_sha256
 
-    quant = quant or model_store.DEFAULT_QUANT
+    quant = quant or model_store.default_quant()
     target = model_store.home() / "adapters" / f"{Path(adapter).name}-{adapter_sha256(adapter)[:12]}.{quant}.gguf"
     if not target.exists():
         err.print(f"building {target.name} from {adapter} (once; cached in {target.parent})")

@@ -29,7 +29,7 @@ def detect_backend(model: str | Path) -> str:
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
                 batch_size: int = 32, quant: str | None = None) -> Scorer:
     """A scorer for `model`; a trained adapter dir runs as its cached GGUF of type `quant`
-    (default: model_store.DEFAULT_QUANT)."""
+    (default: model_store.default_quant())."""
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: model not found")

@@ -52,6 +52,14 @@ def read_gguf_metadata(model) -> dict[str, str]:
 
 
 @functools.cache
+def build_features() -> tuple[str, ...]:
+    """CPU features this llama.cpp build uses: the names set to 1 in its `CPU : AVX2 = 1 | ...` line."""
+    _init_backend()
+    parts = [p.split("=") for p in lc.llama_print_system_info().decode().split(":", 1)[-1].split("|")]
+    return tuple(p[0].strip() for p in parts if len(p) == 2 and p[1].strip() == "1")
+
+
+@functools.cache
 def amx_build() -> bool:
     """Whether this llama.cpp build has its AMX backend compiled in."""
     _init_backend()
