@@ -1,8 +1,10 @@
 """Training: data builder, teacher conversion, rewards and judge on real pairs; SFT and RL end to end
 on a tiny random llama (real tokenizer) that must change the adapter."""
 
+import contextlib
 import json
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -229,7 +231,9 @@ def test_decision_weighted_loss(tiny_base, data_dir):
 
     def loss(weight):
         cls = _weighted_trainer(SFTTrainer, weight)
-        return cls.compute_loss(object.__new__(cls), model, dict(inputs)).item()
+        trainer = object.__new__(cls)
+        trainer.accelerator = SimpleNamespace(autocast=contextlib.nullcontext)  # fp32, for exact comparison
+        return cls.compute_loss(trainer, model, dict(inputs)).item()
 
     with torch.no_grad():
         own = model(**inputs).loss.item()
@@ -242,6 +246,34 @@ def test_decision_weighted_loss(tiny_base, data_dir):
     n = (labels != -100).sum().item()
     assert loss(1.0) == pytest.approx(own, rel=1e-4)
     assert loss(20.0) == pytest.approx(own + 19 * decision.sum().item() / n, rel=1e-4)
+
+
+def test_training_loss_runs_under_the_trainers_mixed_precision(tiny_base, tmp_path):
+    """The decision-weighted loss calls the inner model, which bypasses the autocast accelerate wraps
+    around the model's forward on a GPU; it must apply the trainer's bf16 itself (called here outside
+    `training_step`, whose own autocast covers only the CPU)."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from epm_edge.train.sft import _weighted_trainer, device_args
+
+    tok = AutoTokenizer.from_pretrained(tiny_base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(r=2, target_modules=["q_proj"]))
+    trainer = _weighted_trainer(SFTTrainer, 20.0)(
+        model=model, args=SFTConfig(output_dir=str(tmp_path), report_to=[], **device_args(True)),
+        train_dataset=Dataset.from_list([{"prompt": "Same product?", "completion": " " + prompt.YES}] * 2),
+        processing_class=tok)
+    seen = []
+    model.get_base_model().model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    ids = torch.tensor([tok("Same product? " + prompt.YES, add_special_tokens=False)["input_ids"]])
+    labels = ids.clone()
+    labels[:, :-1] = -100
+    model.train()
+    loss = trainer.compute_loss(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32 and torch.isfinite(loss)
 
 
 def test_sft_resume_ends_early_with_the_intervals_given_now(sft_adapter, tiny_base, data_dir, tmp_path):

@@ -131,11 +131,15 @@ def _weighted_trainer(base_class, decision_weight: float):
             if return_outputs or not model.training:  # evaluation keeps trl's path (logits for the metrics)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             causal = model.get_base_model()
-            hidden = causal.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                  use_cache=False).last_hidden_state[:, :-1]
+            # Calling the inner model skips the forward that accelerate wraps in autocast on a GPU:
+            # without this its matmuls ran in fp32 (an H200 profile showed fp32 GEMM kernels).
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            nll = F.cross_entropy(causal.lm_head(hidden[mask]).float(), labels[mask], reduction="none")
+            with self.accelerator.autocast():
+                hidden = causal.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                                      use_cache=False).last_hidden_state[:, :-1]
+                logits = causal.lm_head(hidden[mask])
+            nll = F.cross_entropy(logits.float(), labels[mask], reduction="none")
             decision = (mask & (mask.cumsum(dim=1) == 1))[mask]  # each sequence's first answer token
             weights = torch.where(decision, decision_weight, 1.0)
             count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
