@@ -131,10 +131,10 @@ def _weighted_trainer(base_class, decision_weight: float):
             if return_outputs or not model.training:  # evaluation keeps trl's path (logits for the metrics)
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             causal = model.get_base_model()
-            # Calling the inner model skips the forward that accelerate wraps in autocast on a GPU:
-            # without this its matmuls ran in fp32 (an H200 profile showed fp32 GEMM kernels).
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
+            # Calling the inner model skips the forward that accelerate wraps in autocast on a GPU:
+            # without this its matmuls ran in fp32 (an H200 profile showed fp32 GEMM kernels).
             with self.accelerator.autocast():
                 hidden = causal.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                                       use_cache=False).last_hidden_state[:, :-1]
