@@ -65,6 +65,15 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     assert after["resumed_pairs"] == 4 and after["scored_pairs"] == 8
     for key in ("threshold", "tp", "fp", "fn", "tn"):
         assert after[key] == before[key]
+    # tuning_f1 is the F1 of the stored valid scores at the tuned cut, and no cut among them does better
+    from epm_edge.data import load_pair_set
+    from epm_edge.evaluate.metrics import compute_metrics
+
+    valid = load_pair_set(data_dir / "abt_buy").split("valid").head(8)
+    stored = {(r["a_id"], r["b_id"]): r["score"] for r in map(json.loads, (tmp_path / "abt_buy-valid-0-8.jsonl").open())}
+    scores = [stored[k] for k in zip(valid.a_ids, valid.b_ids)]
+    assert after["tuning_f1"] == pytest.approx(compute_metrics(valid.labels, scores, after["threshold"]).f1)
+    assert all(compute_metrics(valid.labels, scores, t).f1 <= after["tuning_f1"] for t in scores)
     rows = [json.loads(line) for line in test_file.read_text().splitlines()]
     assert len(rows) == 12 and len({(r["a_id"], r["b_id"]) for r in rows}) == 12
     other = CliRunner().invoke(main, [*args, "--record-tokens", "32"])

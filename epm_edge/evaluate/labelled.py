@@ -59,11 +59,13 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
         scores[todo] = new
         return scores, seconds, len(todo)
 
-    tuned_on = tuning = None
+    tuned_on = tuning = tuning_f1 = None
     if tune_split:
         tune = ps.split(tune_split).head(tune_limit)
         scores, *_ = score(tune, tune_split, 0, " (threshold)")
         threshold, tuned_on = best_threshold(tune.labels, scores), f"{tune_split}:{len(tune)}"
+        # the best F1 any cut reaches on the tuning pairs: an in-sample figure, but threshold-free across models
+        tuning_f1 = compute_metrics(tune.labels, scores, threshold).f1
         tuning = (tune.labels, scores)
     elif threshold is None:
         threshold = scorer.threshold if scorer.threshold is not None else 0.5
@@ -71,7 +73,7 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
     scores, seconds, scored = score(pairs, split, skip)
     m = compute_metrics(pairs.labels, scores, threshold)
     return ({"data": str(data_dir), "split": split, "skipped": skip, "threshold_tuned_on": tuned_on,
-             **m.as_dict(), "seconds": seconds, "scored_pairs": scored, "resumed_pairs": len(pairs) - scored,
+             "tuning_f1": tuning_f1, **m.as_dict(), "seconds": seconds, "scored_pairs": scored, "resumed_pairs": len(pairs) - scored,
              "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
 
 

@@ -31,7 +31,9 @@ def metrics_table(results: list[dict]) -> Table:
     for col in ("set", "pairs", "threshold", "precision", "recall", "F1", "accuracy", "pairs/s"):
         table.add_column(col, justify="right")
     for r in results:
-        thr = f"{r['threshold']:.3f}" + (f" ({r['threshold_tuned_on']})" if r["threshold_tuned_on"] else "")
+        thr = f"{r['threshold']:.3f}"
+        if r["threshold_tuned_on"]:
+            thr += f" ({r['threshold_tuned_on']}, F1 {r['tuning_f1']:.3f})"
         table.add_row(Path(r["data"]).name, str(r["n_pairs"]), thr, f"{r['precision']:.3f}", f"{r['recall']:.3f}",
                       f"[bold]{r['f1']:.3f}[/]", f"{r['accuracy']:.3f}", f"{r['pairs_per_second']:.1f}")
     if len(results) > 1:
