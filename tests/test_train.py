@@ -343,8 +343,42 @@ def test_cli_has_train_commands():
 
     from epm_edge.cli import main  # tests/test_imports.py checks that this stays free of torch
 
-    for cmd in (["train", "sft", "--help"], ["train", "rl", "--help"]):
+    for cmd in (["train", "sft", "--help"], ["train", "rl", "--help"], ["train", "extrapolate", "--help"]):
         result = CliRunner().invoke(main, cmd)
         assert result.exit_code == 0 and "--out" in result.output
     result = CliRunner().invoke(main, ["train", "rl", "--data", "x", "--out", "y", "--init", ".", "--weights", "1,2"])
     assert result.exit_code != 0 and "format,label,judge" in result.output
+
+
+def test_extrapolation_moves_past_the_rl_adapter(sft_adapter, tiny_base, tmp_path):
+    """D_out = D_rl + alpha (D_rl - D_sft) per module, stored at the RL adapter's rank, loadable by export."""
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import AutoConfig
+
+    from epm_edge.export.merge import check_adapter, resolve_base
+    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.train.extrapolate import extrapolate
+
+    rl = tmp_path / "rl"
+    shutil.copytree(sft_adapter, rl)
+    sft_w = _adapter(sft_adapter)
+    # an "RL" change inside the SFT adapter's own subspace, so that the rank cut loses nothing
+    save_file({k: v * 1.5 if "lora_B" in k else v for k, v in sft_w.items()}, str(rl / "adapter_model.safetensors"))
+    record = extrapolate(sft_adapter, rl, 2.0, tmp_path / "x")
+    out_w = _adapter(tmp_path / "x")
+    assert out_w.keys() == sft_w.keys() and record["svd_dropped_max"] < 1e-3
+    for key_a in (k for k in sft_w if "lora_A" in k):
+        key_b = key_a.replace("lora_A", "lora_B")
+        d_sft = sft_w[key_b].float() @ sft_w[key_a].float()
+        torch.testing.assert_close(out_w[key_b].float() @ out_w[key_a].float(), 2.5 * d_sft,
+                                   atol=2e-3 * float(d_sft.abs().max()) + 1e-6, rtol=0)
+    meta = read_sidecar(tmp_path / "x")
+    assert meta["extrapolation"]["alpha"] == 2.0 and meta["prompt_version"] == prompt.PROMPT_VERSION
+    check_adapter(tmp_path / "x", resolve_base(tiny_base), AutoConfig.from_pretrained(tiny_base))
+
+    save_file({k: v for k, v in sft_w.items() if "q_proj" not in k}, str(rl / "adapter_model.safetensors"))
+    with pytest.raises(EpmError, match="different modules"):
+        extrapolate(sft_adapter, rl, 1.0, tmp_path / "y")

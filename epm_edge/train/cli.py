@@ -1,4 +1,4 @@
-"""`epm-edge train sft|rl`: thin wrappers over train.sft.run_sft and train.rl.run_rl (heavy imports inside)."""
+"""`epm-edge train sft|rl|extrapolate`: thin wrappers over the train modules (heavy imports inside)."""
 
 from __future__ import annotations
 
@@ -118,3 +118,20 @@ def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, se
                             num_generations=num_generations, max_completion_length=max_completion_length, beta=beta,
                             save_steps=save_steps))
     click.echo(f"adapter: {run_rl(s)}")
+
+
+@train.command()
+@click.option("--sft", "sft_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The adapter RL started from.")
+@click.option("--rl", "rl_dir", type=click.Path(path_type=Path, exists=True, file_okay=False), required=True,
+              help="The RL adapter.")
+@click.option("--alpha", type=click.FloatRange(min=0), required=True,
+              help="How far past the RL adapter, in units of the SFT-to-RL change (0: the RL adapter).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter output dir.")
+def extrapolate(sft_dir, rl_dir, alpha, out):
+    """Extrapolate an RL adapter away from its SFT start (ExPO); same rank, no training data needed."""
+    from epm_edge.train.extrapolate import extrapolate as run
+
+    record = run(sft_dir, rl_dir, alpha, out)
+    click.echo(f"adapter: {out} (rank {record['rank']}; largest share dropped by the rank cut "
+               f"{record['svd_dropped_max']:.2%})")
