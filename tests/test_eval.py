@@ -70,7 +70,8 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     from epm_edge.evaluate.metrics import compute_metrics
 
     valid = load_pair_set(data_dir / "abt_buy").split("valid").head(8)
-    stored = {(r["a_id"], r["b_id"]): r["score"] for r in map(json.loads, (tmp_path / "abt_buy-valid-0-8.jsonl").open())}
+    stored_rows = map(json.loads, (tmp_path / "abt_buy-valid-0-8.jsonl").read_text().splitlines())
+    stored = {(r["a_id"], r["b_id"]): r["score"] for r in stored_rows}
     scores = [stored[k] for k in zip(valid.a_ids, valid.b_ids)]
     assert after["tuning_f1"] == pytest.approx(compute_metrics(valid.labels, scores, after["threshold"]).f1)
     assert all(compute_metrics(valid.labels, scores, t).f1 <= after["tuning_f1"] for t in scores)

@@ -382,3 +382,6 @@ def test_extrapolation_moves_past_the_rl_adapter(sft_adapter, tiny_base, tmp_pat
     save_file({k: v for k, v in sft_w.items() if "q_proj" not in k}, str(rl / "adapter_model.safetensors"))
     with pytest.raises(EpmError, match="different modules"):
         extrapolate(sft_adapter, rl, 1.0, tmp_path / "y")
+    (rl / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(EpmError, match="unreadable adapter"):
+        extrapolate(sft_adapter, rl, 1.0, tmp_path / "y")

@@ -73,8 +73,8 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
     scores, seconds, scored = score(pairs, split, skip)
     m = compute_metrics(pairs.labels, scores, threshold)
     return ({"data": str(data_dir), "split": split, "skipped": skip, "threshold_tuned_on": tuned_on,
-             "tuning_f1": tuning_f1, **m.as_dict(), "seconds": seconds, "scored_pairs": scored, "resumed_pairs": len(pairs) - scored,
-             "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
+             "tuning_f1": tuning_f1, **m.as_dict(), "seconds": seconds, "scored_pairs": scored,
+             "resumed_pairs": len(pairs) - scored, "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
 
 
 def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:

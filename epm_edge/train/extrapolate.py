@@ -21,14 +21,16 @@ WEIGHTS = "adapter_model.safetensors"
 
 def _lora(adapter: Path) -> tuple[dict, dict, dict]:
     """(weights, adapter_config, provenance) of an adapter dir."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    for name in ("adapter_config.json", WEIGHTS):
+        if not (adapter / name).is_file():
+            raise ModelError(f"{adapter}: not a LoRA adapter dir ({name} missing)")
     try:
         config = json.loads((adapter / "adapter_config.json").read_text())
         weights = load_file(str(adapter / WEIGHTS))
-    except FileNotFoundError as e:
-        raise ModelError(f"{adapter}: not a LoRA adapter dir ({Path(e.filename).name} missing)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError) as e:
         raise ModelError(f"{adapter}: unreadable adapter ({e})") from None
     return weights, config, read_sidecar(adapter)
 
