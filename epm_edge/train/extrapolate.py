@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from epm_edge.errors import ModelError
+from epm_edge.export.merge import ADAPTER_WEIGHTS
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
-WEIGHTS = "adapter_model.safetensors"
+WEIGHTS = ADAPTER_WEIGHTS[0]  # safetensors: the form `train` writes and the one read here
 
 
 def _lora(adapter: Path) -> tuple[dict, dict, dict]:
