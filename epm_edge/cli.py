@@ -53,6 +53,9 @@ quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), defaul
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+both_orders_option = click.option("--both-orders", is_flag=True,
+                                   help="Score each pair as A/B and B/A and combine: symmetric and more accurate, "
+                                        "twice the scoring time.")
 batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
 
 
@@ -69,7 +72,7 @@ def _model_identity(path) -> str:
     return sha256_file(path) if path.is_file() else str(path.resolve())
 
 
-def _load_scorer(model_path, backend, threads, batch_size, quant=None):
+def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orders=False):
     """(the model as given or the default, its scorer). `quant` applies to adapter dirs only."""
     from epm_edge.model_store import default_model
     from epm_edge.runtime import load_scorer
@@ -77,7 +80,12 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None):
     if quant and model_path and not (Path(model_path) / "adapter_config.json").exists():
         raise click.UsageError(f"--quant applies to trained adapter dirs; {model_path} is not one")
     path = model_path or default_model(quant)
-    return path, load_scorer(path, backend=backend, threads=threads, batch_size=batch_size, quant=quant)
+    scorer = load_scorer(path, backend=backend, threads=threads, batch_size=batch_size, quant=quant)
+    if both_orders:
+        from epm_edge.runtime.orders import BothOrders
+
+        scorer = BothOrders(scorer)
+    return path, scorer
 
 
 @main.command()
@@ -90,6 +98,7 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None):
 @backend_option
 @threads_option
 @batch_option
+@both_orders_option
 @click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record (blocking).")
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
 @click.option("--id-col-a", default=None, help="Id column of catalog A (default: auto-detect).")
@@ -104,8 +113,8 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None):
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
 @click.option("--explain-above", type=float, default=None, help="Explain pairs scoring at least this (default: the threshold).")
 @click.option("--force", is_flag=True, help="Overwrite an output file from a run with other settings.")
-def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, top_k, threshold, id_col_a,
-          id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
+def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, top_k, threshold,
+          id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
     from epm_edge.console import err, progress_bar
     from epm_edge.data import read_catalog
@@ -119,17 +128,17 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
-    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
+    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant, both_orders)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
-    err.print(f"model: {path}{runs_as} ({scorer.name}), threshold {thr:.3f}")
+    err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}")
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
                 "model_sha256": _model_identity(scorer.path),
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
-                "explain_above": explain_above}
+                "explain_above": explain_above, "both_orders": both_orders}
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=len(cands))
         summary = run_match(a, b, cands, scorer, target, settings, thr, batch_size=batch_size,
@@ -161,6 +170,7 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @backend_option
 @threads_option
 @batch_option
+@both_orders_option
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
 @click.option("--tune-split", type=click.Choice(["train", "valid"]), default=None,
               help="Choose each set's threshold on this split first (best F1 there).")
@@ -172,8 +182,8 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
                    "a rerun with the same arguments scores only the pairs not there yet.")
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
-def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, threshold, tune_split,
-             tune_limit, record_tokens, as_json, scores_dir, save_threshold):
+def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, threshold,
+             tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
@@ -198,7 +208,7 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
                 r, tuning = evaluate_set(scorer, d, split, limit=limit, skip=skip, threshold=threshold,
                                          tune_split=tune_split, tune_limit=tune_limit, record_tokens=record_tokens,
                                          batch_size=batch_size, bar=bar, scores_dir=scores_dir,
-                                         settings=identity)
+                                         settings=identity, both_orders=both_orders)
                 results.append({**r, "model": str(path), "backend": scorer.name})
                 tunings += [tuning] if tuning else []
                 if as_json:
@@ -214,9 +224,14 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
             q = scorer.metadata["quant"]  # an adapter dir runs as its cached GGUF, which records its type
             sidecar = read_sidecar(model_path)
             tuned_on = f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)} ({q})"
-            write_sidecar(model_path, {**sidecar, "threshold": cut, "threshold_tuned_on": tuned_on,
-                                       "thresholds": {**sidecar.get("thresholds", {}), q: cut}})
-            err.print(f"threshold {cut:.4f} ({q}) stored in {Path(model_path) / SIDECAR}")
+            if both_orders:  # a cut of its own: the one-order cut stays the default's
+                stored = {"thresholds_both_orders": {**sidecar.get("thresholds_both_orders", {}), q: cut}}
+            else:
+                stored = {"threshold": cut, "threshold_tuned_on": tuned_on,
+                          "thresholds": {**sidecar.get("thresholds", {}), q: cut}}
+            write_sidecar(model_path, {**sidecar, **stored})
+            err.print(f"threshold {cut:.4f} ({q}{', both orders' if both_orders else ''}) stored in "
+                      f"{Path(model_path) / SIDECAR}")
 
 
 @main.command()

@@ -128,3 +128,21 @@ def test_match_to_stdout_with_one_to_one(base_gguf):
     matched = [x for x in rows if x["match"] == "1"]
     assert len({x["a_id"] for x in matched}) == len(matched) == len({x["b_id"] for x in matched})
     assert all(float(x["score"]) >= 0.5 for x in matched)
+
+
+def test_match_both_orders_gives_swapped_catalogs_the_same_scores(base_gguf):
+    """With the default model. A pair's score moves a little with the pairs llama.cpp batches it
+    with (here by up to 0.01; the bundled base's near-flat scores by up to 0.06)."""
+    def scores(a, b):
+        cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2",
+               "--both-orders"]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        assert "both orders" in r.stderr
+        return {(x["a_id"], x["b_id"]): float(x["score"]) for x in csv.DictReader(r.stdout.splitlines())}
+
+    forward, backward = scores("retailer.csv", "marketplace.csv"), scores("marketplace.csv", "retailer.csv")
+    common = [k for k in forward if k[::-1] in backward]
+    assert len(common) >= 20
+    # one order alone: 28 of these pairs differ by more than 0.02
+    assert all(forward[k] == pytest.approx(backward[k[::-1]], abs=0.02) for k in common)

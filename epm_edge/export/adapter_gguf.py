@@ -3,8 +3,8 @@
 This is how a trained adapter (the shipped default model, or any `epm-edge train` output passed
 as `--model`) becomes something llama.cpp runs; the result is cached under
 `model_store.home()/adapters/`, keyed by the adapter's sha256, so it is built once per adapter.
-The decision threshold the adapter records for that quant type (chosen on valid splits, see
-`adapter_threshold`) is written into the GGUF.
+The decision thresholds the adapter records for that quant type (chosen on valid splits, see
+`adapter_thresholds`) are written into the GGUF.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ def gguf_metadata(prov) -> dict:
             "adapter_sha256": prov.adapter_sha256 or "none", "version": __version__}
 
 
-def adapter_threshold(adapter: Path, quant: str) -> float | None:
-    """The cut `eval --save-threshold` stored for this quant type, else the adapter's latest one:
-    quantization shifts scores (4-bit more than 8-bit), so each type may have its own."""
+def adapter_thresholds(adapter: Path, quant: str) -> dict[str, float]:
+    """The GGUF keys of the cuts `eval --save-threshold` stored: `threshold`, this quant type's cut
+    else the adapter's latest one (quantization shifts scores, 4-bit more than 8-bit), and
+    `threshold_both_orders`, this type's cut for scores of both record orders, where tuned."""
     sidecar = read_sidecar(adapter)
-    threshold = sidecar.get("thresholds", {}).get(quant, sidecar.get("threshold"))
-    return None if threshold is None else float(threshold)
+    found = {"threshold": sidecar.get("thresholds", {}).get(quant, sidecar.get("threshold")),
+             "threshold_both_orders": sidecar.get("thresholds_both_orders", {}).get(quant)}
+    return {k: float(v) for k, v in found.items() if v is not None}
 
 
 def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
@@ -46,9 +48,11 @@ def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
     else:  # the key covers the weights only: a threshold stored later (eval --save-threshold) is stamped in
         from epm_edge.export.gguf_convert import read_metadata, set_metadata
 
-        threshold, stamped = adapter_threshold(adapter, quant), read_metadata(target).get("threshold")
-        if threshold is not None and (stamped is None or abs(stamped - threshold) > 1e-6):
-            set_metadata(target, {"threshold": threshold})
+        stamped = read_metadata(target)
+        changed = {k: v for k, v in adapter_thresholds(adapter, quant).items()
+                   if stamped.get(k) is None or abs(stamped[k] - v) > 1e-6}
+        if changed:
+            set_metadata(target, changed)
     return target
 
 
@@ -68,8 +72,8 @@ def build_gguf(adapter: Path, target: Path, quant: str) -> Path:
         gguf_convert.convert(tmp / "merged", f16, source_gguf=base.gguf,
                              metadata={**gguf_metadata(prov), "quant": "F16"})
         built = quantize.quantize(f16, tmp / "model.gguf", quant)
-        threshold = adapter_threshold(adapter, quant)
-        if threshold is not None:
-            gguf_convert.set_metadata(built, {"threshold": threshold})
+        thresholds = adapter_thresholds(adapter, quant)
+        if thresholds:
+            gguf_convert.set_metadata(built, thresholds)
         built.replace(target)
     return target
