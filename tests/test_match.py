@@ -146,3 +146,16 @@ def test_match_both_orders_gives_swapped_catalogs_the_same_scores(base_gguf):
     assert len(common) >= 20
     # one order alone: 28 of these pairs differ by more than 0.02
     assert all(forward[k] == pytest.approx(backward[k[::-1]], abs=0.02) for k in common)
+
+
+def test_match_explanations_follow_the_rows_decision(tmp_path, base_gguf):
+    """At a `--threshold` other than the model's, each explanation argues the row's own decision."""
+    out = tmp_path / "m.jsonl"
+    cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / "retailer.csv"), str(EXAMPLES / "marketplace.csv"),
+           "--model", str(base_gguf), "--top-k", "1", "--threshold", "0.62", "--explain", "--explain-above", "0.6",
+           "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    explained = [row for row in map(json.loads, out.read_text().splitlines()) if row.get("explanation")]
+    assert {row["match"] for row in explained} == {True, False}
+    assert all(row["explanation"]["match"] == row["match"] for row in explained)

@@ -83,7 +83,8 @@ def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, sett
                          "match": bool(s >= threshold)} for i, s in zip(idx, scores)]
                 if explain:
                     want = [n for n, r in enumerate(rows) if r["score"] >= explain_cut]
-                    for n, answer in zip(want, scorer.explain([pairs[n] for n in want])):
+                    answers = scorer.explain([pairs[n] for n in want], [rows[n]["match"] for n in want])
+                    for n, answer in zip(want, answers):
                         rows[n]["explanation"] = answer.to_json()
                 writer.write(rows)
                 if on_batch:

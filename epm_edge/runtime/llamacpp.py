@@ -268,10 +268,10 @@ class LlamaCppScorer:
         text = text.decode("utf-8", "replace")
         return text if finished else prompt.complete_lines(text)
 
-    def explain(self, pairs: Sequence[tuple[str, str]], threshold: float | None = None) -> list[prompt.Answer]:
-        cut = threshold if threshold is not None else (self.threshold or 0.5)
-        scores = self.score(pairs)
-        return [prompt.parse_answer(self.generate(a, b, s >= cut)) for (a, b), s in zip(pairs, scores)]
+    def explain(self, pairs: Sequence[tuple[str, str]], matches: Sequence[bool]) -> list[prompt.Answer]:
+        """A rationale per pair for the decision already taken on its score (at the caller's cut,
+        from however the caller scored it)."""
+        return [prompt.parse_answer(self.generate(a, b, bool(m))) for (a, b), m in zip(pairs, matches)]
 
     def close(self) -> None:
         for s in self._samplers.values():
