@@ -132,7 +132,7 @@ def test_match_to_stdout_with_one_to_one(base_gguf):
 
 def test_match_both_orders_gives_swapped_catalogs_the_same_scores(base_gguf):
     """With the default model. A pair's score moves a little with the pairs llama.cpp batches it
-    with (here by up to 0.01; the bundled base's near-flat scores by up to 0.06)."""
+    with (the bundled base's near-flat scores too much for this check), hence the tolerance."""
     def scores(a, b):
         cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2",
                "--both-orders"]
@@ -144,7 +144,7 @@ def test_match_both_orders_gives_swapped_catalogs_the_same_scores(base_gguf):
     forward, backward = scores("retailer.csv", "marketplace.csv"), scores("marketplace.csv", "retailer.csv")
     common = [k for k in forward if k[::-1] in backward]
     assert len(common) >= 20
-    # one order alone: 28 of these pairs differ by more than 0.02
+    # one order alone: many of these pairs differ by more than 0.02
     assert all(forward[k] == pytest.approx(backward[k[::-1]], abs=0.02) for k in common)
 
 
