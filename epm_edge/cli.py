@@ -132,6 +132,9 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
+    if both_orders and threshold is None and scorer.metadata.get("threshold_both_orders") is None:
+        err.print("[yellow]no cut tuned on both orders is stored with this model; its one-order cut stands in "
+                  "(set one with eval --both-orders --save-threshold, or pass --threshold)[/]")
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}")
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
