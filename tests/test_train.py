@@ -94,6 +94,26 @@ def test_seller_noise_preserves_label_and_evidence(data_dir):
         assert silver_evidence(a, b, noisy_a, text_b, bool(label)) == silver_evidence(a, b, text_a, text_b, bool(label))
 
 
+def test_swapped_examples_show_the_pair_as_b_then_a(data_dir):
+    """--swap shows training pairs in B/A order with the evidence's values swapped too; valid stays A/B."""
+    kw = dict(dirs=[data_dir / "wdc_products"], max_per_set=120, noise=0.0)
+    plain, swapped = (build_examples(DataConfig(**kw, swap=s), "train") for s in (0.0, 1.0))
+    assert [e["label"] for e in plain] == [e["label"] for e in swapped]
+    assert all(e["swapped"] for e in swapped) and not any(e["swapped"] for e in plain)
+    assert all(s["prompt"] == prompt.full_prompt(p["text_b"], p["text_a"]) for p, s in zip(plain, swapped))
+    teacher = [(p, s) for p, s in zip(plain, swapped) if p["source"] == "teacher"]
+    assert teacher and all(s["source"] == "teacher" for _, s in teacher)
+
+    def values(completion):  # (attribute, A value, B value, verdict) per evidence line
+        lines = [ln.split(" | ") for ln in completion.removesuffix(prompt.END_OF_TURN).splitlines()[1:]]
+        return [(*head.split(": ", 1), b, verdict) for head, b, verdict in lines]
+
+    for p, s in teacher:
+        assert values(s["completion"]) == [(k, b, a, v) for k, a, b, v in values(p["completion"])]
+    half = build_examples(DataConfig(**kw, swap=0.5), "train")
+    assert 0.3 < sum(e["swapped"] for e in half) / len(half) < 0.7
+    assert not any(e["swapped"] for e in build_examples(DataConfig(**kw, swap=1.0), "valid"))
+
 
 def test_label_only_answers_are_the_decision_alone(data_dir):
     cfg = DataConfig([data_dir / "abt_buy"], max_per_set=40)

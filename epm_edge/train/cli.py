@@ -18,6 +18,8 @@ def _data_options(f):
         click.option("--max-per-set", type=int, default=None, help="Examples per set (balances sets)."),
         click.option("--noise", type=float, default=0.3, show_default=True,
                      help="Share of training pairs given seller noise (0: off)."),
+        click.option("--swap", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+                     help="Share of training pairs shown in B/A order (teaches both orders; see --both-orders)."),
         click.option("--no-teacher", is_flag=True, help="Ignore teacher rationales (rationales_*.csv)."),
         click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per record."),
         click.option("--limit", type=int, default=None, help="Use only the first N training examples."),
@@ -38,10 +40,10 @@ def _data_options(f):
     return f
 
 
-def _data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, seed):
+def _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, label_only, seed):
     from epm_edge.train.dataset import DataConfig
 
-    return DataConfig(_dirs(data), neg_ratio=neg_ratio, max_per_set=max_per_set, noise=noise,
+    return DataConfig(_dirs(data), neg_ratio=neg_ratio, max_per_set=max_per_set, noise=noise, swap=swap,
                       teacher=not no_teacher, record_tokens=record_tokens, rationale=not label_only, seed=seed)
 
 
@@ -68,7 +70,7 @@ def train():
 @click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Continue training this adapter (fresh optimizer and schedule).")
 @click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines).")
-def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
         lr, batch_size, grad_accum, no_bf16, time_limit, epochs, rank, alpha, eval_steps, eval_limit, qlora,
         decision_weight, init, label_only):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
@@ -76,7 +78,8 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
 
     if rank is not None and alpha is None:
         alpha = 2 * rank
-    s = SFTSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, label_only, seed), out,
+    data_cfg = _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, label_only, seed)
+    s = SFTSettings(data_cfg, out,
                     base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16, init=init,
                     time_limit=time_limit,
                     **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -98,7 +101,7 @@ def sft(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, s
 @click.option("--max-completion-length", type=int, default=None, help="Tokens per sampled answer (default 96).")
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
-def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
        lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations,
        max_completion_length, beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
@@ -111,7 +114,8 @@ def rl(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, limit, se
             weights = ()
         if len(weights) != 3:
             raise click.BadParameter("three comma-separated numbers: format,label,judge", param_hint="--weights")
-    s = RLSettings(_data_config(data, neg_ratio, max_per_set, noise, no_teacher, record_tokens, False, seed), init, out,
+    data_cfg = _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, False, seed)
+    s = RLSettings(data_cfg, init, out,
                    base=base, judge=judge, rubric=rubric.read_text() if rubric else None, limit=limit, seed=seed,
                    resume=resume, bf16=not no_bf16, time_limit=time_limit,
                    **_given(weights=weights, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,

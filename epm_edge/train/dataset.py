@@ -32,6 +32,8 @@ class DataConfig:
     neg_ratio: float = 2.0  # sampled negatives per positive
     max_per_set: int | None = None  # examples per set and split; None: as many as the ratio allows
     noise: float = 0.3  # share of training examples given seller noise; 0 switches it off
+    # share of training examples shown as B/A: the model reads one order, and catalogs come either way
+    swap: float = 0.0
     teacher: bool = True  # use teacher rationales found in the set dirs
     record_tokens: int = 64  # token budget per serialized record, as in `epm-edge match`
     # False: the completion is the decision alone. The decision only emerged after ~150 steps here;
@@ -110,7 +112,12 @@ def _sample(cands: list[_Candidate], cfg: DataConfig, rng: random.Random) -> lis
             + rng.sample(other, min(len(other), n_neg - len(chosen_hard))))
 
 
-def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, noise: bool) -> dict:
+def _swapped(c: _Candidate) -> _Candidate:
+    return _Candidate(c.b, c.a, c.label, c.hard, c.teacher.swapped() if c.teacher is not None else None)
+
+
+def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, noise: bool, swap: bool) -> dict:
+    c = _swapped(c) if swap else c
     a, b = noisy_pair(c.a, c.b, rng) if noise else (c.a, c.b)
     text_a, text_b = serialize_record(a, cfg.record_tokens), serialize_record(b, cfg.record_tokens)
     teacher = c.teacher.answer(text_a, text_b) if c.teacher is not None and c.teacher.match == c.label else None
@@ -120,31 +127,36 @@ def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, 
     if not cfg.rationale:
         answer.evidence = []
     return {"prompt": prompt.full_prompt(text_a, text_b), "completion": answer.text() + prompt.END_OF_TURN,
-            "label": int(c.label), "set": set_name, "source": source, "noise": noise,
+            "label": int(c.label), "set": set_name, "source": source, "noise": noise, "swapped": swap,
             "text_a": text_a, "text_b": text_b}
 
 
 def build_examples(cfg: DataConfig, split: str = "train", limit: int | None = None) -> list[dict]:
     """Balanced, shuffled examples of `split` from every dir in cfg.dirs (seeded: same config, same list).
 
-    Seller noise is applied to the train split only, so validation measures clean pairs.
+    Seller noise and swapped order are applied to the train split only, so validation measures
+    clean pairs in the catalogs' order.
     """
-    # Separate streams: switching noise on or off leaves the sampled pairs and their order unchanged.
+    # Separate streams: switching noise or swapping on or off leaves the sampled pairs and their
+    # order unchanged (and the noise of every pair, as swapping draws from a stream of its own).
     rng, noise_rng = random.Random(f"{cfg.seed}-{split}"), random.Random(f"{cfg.seed}-{split}-noise")
+    swap_rng = random.Random(f"{cfg.seed}-{split}-swap")
     examples = []
     for root in cfg.dirs:
         root = Path(root)
         for c in _sample(_candidates(root, split, cfg.teacher), cfg, rng):
             noisy = split == "train" and noise_rng.random() < cfg.noise
-            examples.append(_example(c, root.name, cfg, noise_rng, noisy))
+            swap = split == "train" and swap_rng.random() < cfg.swap
+            examples.append(_example(c, root.name, cfg, noise_rng, noisy, swap))
     rng.shuffle(examples)
     return examples[:limit] if limit else examples
 
 
 def summary(examples: list[dict]) -> dict:
-    """Counts per set, label, evidence source and noise: what the provenance JSON records."""
+    """Counts per set, label, evidence source, noise and order: what the provenance JSON records."""
     return {"examples": len(examples),
             "per_set": dict(Counter(e["set"] for e in examples)),
             "positives": sum(e["label"] for e in examples),
             "per_source": dict(Counter(e["source"] for e in examples)),
-            "with_noise": sum(e["noise"] for e in examples)}
+            "with_noise": sum(e["noise"] for e in examples),
+            "swapped": sum(e["swapped"] for e in examples)}
