@@ -138,7 +138,7 @@ def build_examples(cfg: DataConfig, split: str = "train", limit: int | None = No
     clean pairs in the catalogs' order.
     """
     # Separate streams: switching noise or swapping on or off leaves the sampled pairs and their
-    # order unchanged (and the noise of every pair, as swapping draws from a stream of its own).
+    # order unchanged (and which pairs get noise, as swapping draws from a stream of its own).
     rng, noise_rng = random.Random(f"{cfg.seed}-{split}"), random.Random(f"{cfg.seed}-{split}-noise")
     swap_rng = random.Random(f"{cfg.seed}-{split}-swap")
     examples = []
