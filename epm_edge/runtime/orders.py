@@ -2,8 +2,8 @@
 
 A listing pair has no natural first and second record, but a model fine-tuned on one order scores
 the swapped order differently. Averaging the two orders' log-odds makes the score symmetric; for
-the shipped model it raised whole-valid tuning F1 on each set measured so far (model card, "Scoring
-both record orders"), at twice the scoring cost.
+the session-10 default (trained on one order) it raised whole-valid tuning F1 on each set measured
+(model card, "Scoring both record orders"), at twice the scoring cost; `train --swap` teaches both.
 """
 
 from __future__ import annotations
