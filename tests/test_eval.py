@@ -67,7 +67,7 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
         assert after[key] == before[key]
     # tuning_f1 is the F1 of the stored valid scores at the tuned cut, and no cut among them does better
     from epm_edge.data import load_pair_set
-    from epm_edge.evaluate.metrics import compute_metrics
+    from epm_edge.evaluate.metrics import average_precision, compute_metrics
 
     valid = load_pair_set(data_dir / "abt_buy").split("valid").head(8)
     stored_rows = map(json.loads, (tmp_path / "abt_buy-valid-0-8.jsonl").read_text().splitlines())
@@ -77,6 +77,11 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     assert all(compute_metrics(valid.labels, scores, t).f1 <= after["tuning_f1"] for t in scores)
     rows = [json.loads(line) for line in test_file.read_text().splitlines()]
     assert len(rows) == 12 and len({(r["a_id"], r["b_id"]) for r in rows}) == 12
+    # average_precision ranks the evaluated (test) pairs' scores, not the tuning ones
+    test = load_pair_set(data_dir / "abt_buy").split("test").head(12)
+    by_pair = {(r["a_id"], r["b_id"]): r["score"] for r in rows}
+    test_scores = [by_pair[k] for k in zip(test.a_ids, test.b_ids)]
+    assert after["average_precision"] == pytest.approx(average_precision(test.labels, test_scores))
     other = CliRunner().invoke(main, [*args, "--record-tokens", "32"])
     assert other.exit_code != 0 and "different settings (record_tokens)" in other.output
 
@@ -97,3 +102,14 @@ def test_scores_dir_survives_a_threshold_stamped_into_the_model(data_dir, base_g
     assert again.exit_code == 0, again.output
     row = json.loads(again.stdout.splitlines()[0])
     assert row["resumed_pairs"] == 4 and row["scored_pairs"] == 0 and row["threshold"] == pytest.approx(0.3)
+
+
+def test_average_precision_is_threshold_free():
+    from epm_edge.evaluate.metrics import average_precision
+
+    # matches ranked first and third: precision 1/1 at the first, 2/3 at the second
+    assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    # another scale with the same order: every cut's F1 moves, AP does not
+    assert average_precision([1, 0, 1, 0], [0.2, 0.04, 0.03, 0.0]) == pytest.approx((1 + 2 / 3) / 2)
+    assert average_precision([1, 0, 1, 0], [0.1, 0.8, 0.7, 0.9]) == pytest.approx((1 / 3 + 2 / 4) / 2)
+    assert average_precision([0, 0], [0.3, 0.6]) is None

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from epm_edge.data import load_pair_set
-from epm_edge.evaluate.metrics import best_threshold, compute_metrics
+from epm_edge.evaluate.metrics import average_precision, best_threshold, compute_metrics
 from epm_edge.evaluate.scoring import score_texts, serialize_pairs
 from epm_edge.match.output import ResultWriter
 from epm_edge.runtime.orders import combine, stored_threshold, swapped
@@ -89,7 +89,8 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
     m = compute_metrics(pairs.labels, scores, threshold)
     orders = 2 if both_orders else 1  # scored_pairs, resumed_pairs and pairs_per_second count scorings
     return ({"data": str(data_dir), "split": split, "orders": orders, "skipped": skip,
-             "threshold_tuned_on": tuned_on, "tuning_f1": tuning_f1, **m.as_dict(), "seconds": seconds,
+             "threshold_tuned_on": tuned_on, "tuning_f1": tuning_f1, **m.as_dict(),
+             "average_precision": average_precision(pairs.labels, scores), "seconds": seconds,
              "scored_pairs": scored, "resumed_pairs": len(pairs) * orders - scored,
              "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
 

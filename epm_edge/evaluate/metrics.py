@@ -38,6 +38,17 @@ def compute_metrics(labels, scores, threshold: float = 0.5) -> Metrics:
                    tp, fp, fn, tn)
 
 
+def average_precision(labels, scores) -> float | None:
+    """Area under the precision-recall curve (step-wise, as scikit-learn computes it): how well the scores
+    rank matches above non-matches, whatever the cut; None without a positive pair."""
+    labels = np.asarray(labels).astype(bool)
+    if not labels.any():
+        return None
+    from sklearn.metrics import average_precision_score  # here: only eval needs it
+
+    return float(average_precision_score(labels, np.asarray(scores, dtype=np.float64)))
+
+
 def best_threshold(labels, scores) -> float:
     """The threshold that maximizes F1 on these pairs (midpoint between adjacent scores)."""
     labels = np.asarray(labels).astype(bool)
