@@ -109,7 +109,7 @@ def test_average_precision_is_threshold_free():
 
     # matches ranked first and third: precision 1/1 at the first, 2/3 at the second
     assert average_precision([1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
-    # another scale with the same order: every cut's F1 moves, AP does not
+    # the same order on another scale: the F1 at a fixed cut changes, AP does not
     assert average_precision([1, 0, 1, 0], [0.2, 0.04, 0.03, 0.0]) == pytest.approx((1 + 2 / 3) / 2)
     assert average_precision([1, 0, 1, 0], [0.1, 0.8, 0.7, 0.9]) == pytest.approx((1 / 3 + 2 / 4) / 2)
     assert average_precision([0, 0], [0.3, 0.6]) is None
