@@ -53,9 +53,11 @@ quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), defaul
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
-both_orders_option = click.option("--both-orders", is_flag=True,
-                                   help="Score each pair as A/B and B/A and combine: symmetric and more accurate, "
-                                        "twice the scoring time.")
+# Both orders by default: a pair's score should not depend on which catalog came first, and on the four
+# benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
+both_orders_option = click.option("--both-orders/--one-order", default=True, show_default=True,
+                                   help="Score each pair as A/B and B/A and combine (symmetric, more accurate), or "
+                                        "as A/B only (half the scoring time).")
 batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
 
 
@@ -132,9 +134,10 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
-    if both_orders and threshold is None and scorer.metadata.get("threshold_both_orders") is None:
+    if both_orders and threshold is None and scorer.threshold is not None \
+            and scorer.metadata.get("threshold_both_orders") is None:
         err.print("[yellow]no cut tuned on both orders is stored with this model; its one-order cut stands in "
-                  "(set one with eval --both-orders --save-threshold, or pass --threshold)[/]")
+                  "(set one with eval --save-threshold, or pass --threshold or --one-order)[/]")
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}")
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
@@ -184,7 +187,8 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
               help="Append each pair's score to a JSONL file per set and split in this dir as it is scored; "
                    "a rerun with the same arguments scores only the pairs not there yet.")
 @click.option("--save-threshold", is_flag=True,
-              help="Store the threshold tuned over all sets together in the --model adapter dir (its default cut).")
+              help="Store the threshold tuned over all sets together in the --model adapter dir: its default "
+                   "cut for this GGUF type and way of scoring (both orders, or one with --one-order).")
 def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, threshold,
              tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""

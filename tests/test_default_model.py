@@ -77,7 +77,7 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     args = ["eval", "--model", str(random_adapter), "--data", f"{data_dir / 'abt_buy'},{data_dir / 'walmart_amazon'}",
             "--split", "valid", "--limit", "6", "--tune-split", "train", "--tune-limit", "12", "--json",
             "--save-threshold"]
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, [*args, "--one-order"])
     assert result.exit_code == 0, result.output
     stored = json.loads((random_adapter / SIDECAR).read_text())
     assert stored["threshold"] != 0.37 and stored["threshold_tuned_on"].startswith("train: 24 pairs")
@@ -91,10 +91,10 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
         s = load_scorer(random_adapter, quant=q)
         assert s.threshold == pytest.approx(cut, abs=1e-6)
         s.close()
-    # scoring both orders has a cut of its own, stamped beside the one-order cut it leaves alone
+    # scoring both orders (the default) has a cut of its own, stamped beside the one-order cut it leaves alone
     from epm_edge.runtime.orders import BothOrders
 
-    result = CliRunner().invoke(main, [*args, "--both-orders"])
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     both = json.loads((random_adapter / SIDECAR).read_text())
     cut = both["thresholds_both_orders"][model_store.default_quant()]

@@ -50,7 +50,8 @@ def test_eval_skip_must_clear_the_tuning_pairs(data_dir, base_gguf):
 
 def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf), "--limit", "12",
-            "--tune-split", "valid", "--tune-limit", "8", "--batch-size", "4", "--json", "--scores", str(tmp_path)]
+            "--tune-split", "valid", "--tune-limit", "8", "--batch-size", "4", "--json", "--scores", str(tmp_path),
+            "--one-order"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     test_file = tmp_path / "abt_buy-test-0-12.jsonl"
@@ -94,7 +95,7 @@ def test_scores_dir_survives_a_threshold_stamped_into_the_model(data_dir, base_g
 
     model = shutil.copy(base_gguf, tmp_path / "model.gguf")
     args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(model), "--limit", "4",
-            "--batch-size", "4", "--json", "--scores", str(tmp_path / "scores")]
+            "--batch-size", "4", "--json", "--scores", str(tmp_path / "scores"), "--one-order"]
     first = CliRunner().invoke(main, args)
     assert first.exit_code == 0, first.output
     set_metadata(Path(model), {"threshold": 0.3})

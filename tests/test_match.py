@@ -130,12 +130,11 @@ def test_match_to_stdout_with_one_to_one(base_gguf):
     assert all(float(x["score"]) >= 0.5 for x in matched)
 
 
-def test_match_both_orders_gives_swapped_catalogs_the_same_scores(base_gguf):
-    """With the default model. A pair's score moves a little with the pairs llama.cpp batches it
+def test_match_gives_swapped_catalogs_the_same_scores(base_gguf):
+    """With the default model, which scores both orders by default. A pair's score moves a little with the pairs llama.cpp batches it
     with (the bundled base's near-flat scores too much for this check), hence the tolerance."""
     def scores(a, b):
-        cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2",
-               "--both-orders"]
+        cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2"]
         r = subprocess.run(cmd, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
         assert "both orders" in r.stderr
@@ -153,7 +152,7 @@ def test_match_explanations_follow_the_rows_decision(tmp_path, base_gguf):
     out = tmp_path / "m.jsonl"
     cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / "retailer.csv"), str(EXAMPLES / "marketplace.csv"),
            "--model", str(base_gguf), "--top-k", "1", "--threshold", "0.62", "--explain", "--explain-above", "0.6",
-           "-o", str(out)]
+           "-o", str(out), "--one-order"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     explained = [row for row in map(json.loads, out.read_text().splitlines()) if row.get("explanation")]

@@ -37,7 +37,7 @@ def test_both_orders_score_is_symmetric(data_dir, base_gguf):
 def test_eval_both_orders_keeps_each_order_and_reuses_them(data_dir, base_gguf, tmp_path):
     args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(base_gguf), "--limit", "8",
             "--tune-split", "valid", "--tune-limit", "8", "--batch-size", "4", "--json", "--scores", str(tmp_path)]
-    one = CliRunner().invoke(main, args)
+    one = CliRunner().invoke(main, [*args, "--one-order"])
     assert one.exit_code == 0, one.output
     both = CliRunner().invoke(main, [*args, "--both-orders"])
     assert both.exit_code == 0, both.output
