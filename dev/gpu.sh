@@ -31,7 +31,8 @@ WHEELS="transformers tokenizers huggingface-hub trl peft datasets gguf dill mult
 PART=42000000  # bytes of the base per part: with the tracked files (21 MB) each call stays under 64 MiB
 
 train() {
-    local data=${DATA:-$(for s in $SETS; do printf '%s,' "$STORE/data/$s"; done | sed 's/,$//')}
+    local data
+    data=$(for s in $SETS; do printf '%s,' "$STORE/data/$s"; done | sed 's/,$//')
     PYTHONPATH=$STORE/site${PYTHONPATH:+:$PYTHONPATH} ${PYTHON:-python3} -m epm_edge train "$@" --data "$data"
 }
 
@@ -44,7 +45,7 @@ case ${1:?usage: dev/gpu.sh pack|stash PART|setup|s1|s2|s3} in
 pack)
     rm -rf .gpu && mkdir -p .gpu/p0 .gpu/p1 .gpu/p2/whl .gpu/p2/data
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo /.gpu/ >> .git/info/exclude
-    base=${EPM_EDGE_HOME_HERE:-$HOME/.cache/epm-edge}/base/$BASE
+    base=$(.venv/bin/python -c "from epm_edge.model_store import packaged_base_gguf; print(packaged_base_gguf())")
     split -b $PART -d -a 1 "$base" .gpu/base.
     mv .gpu/base.0 .gpu/p0/ && mv .gpu/base.1 .gpu/p1/ && mv .gpu/base.2 .gpu/p2/
     for name in $WHEELS; do

@@ -131,8 +131,9 @@ def test_match_to_stdout_with_one_to_one(base_gguf):
 
 
 def test_match_gives_swapped_catalogs_the_same_scores(base_gguf):
-    """With the default model, which scores both orders by default. A pair's score moves a little with the pairs llama.cpp batches it
-    with (the bundled base's near-flat scores too much for this check), hence the tolerance."""
+    """With the default model, which scores both orders by default. A pair's score moves a little with
+    the pairs llama.cpp batches it with (the bundled base's near-flat scores too much for this check),
+    hence the tolerance."""
     def scores(a, b):
         cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2"]
         r = subprocess.run(cmd, capture_output=True, text=True)
