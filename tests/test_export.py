@@ -154,28 +154,37 @@ def test_int4_onnx_is_small(tiny_export):
 
 
 def test_each_variant_stores_its_own_best_threshold(tiny_export, tiny_data):
-    """A quantized variant ships with the cut that maximizes its own F1 on the verification pairs
-    (its scores can shift as a whole); its reported F1 and flips are measured at that cut."""
+    """A quantized variant ships with the cuts that maximize its own F1 on the verification pairs
+    (its scores can shift as a whole), for both record orders and for A/B alone; its reported F1
+    and flips are measured on both orders (match's default) at its cut."""
     from epm_edge.data import load_pair_set
     from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
-    from epm_edge.evaluate.scoring import score_pairs
+    from epm_edge.evaluate.scoring import score_texts, serialize_pairs
     from epm_edge.runtime import load_scorer
+    from epm_edge.runtime.orders import BothOrders, swapped
 
     report = json.loads((tiny_export / "report.json").read_text())
     ps = load_pair_set(tiny_data)
     pairs = ps.split("valid")
-    scores = {}
+    texts = serialize_pairs(ps, pairs, record_tokens=32)
+    got = {}
     for name, path in (("merged", tiny_export / "merged"), ("gguf-q4_0", tiny_export / "gguf" / "model-Q4_0.gguf")):
         scorer = load_scorer(path)
         try:
-            scores[name] = (score_pairs(scorer, ps, pairs, record_tokens=32)[0], scorer.threshold)
+            both = BothOrders(scorer)
+            got[name] = (score_texts(both, texts)[0], both.threshold, score_texts(scorer, texts)[0], scorer.threshold)
+            ba = score_texts(scorer, swapped(texts))[0]
         finally:
             scorer.close()
-    (ref, ref_cut), (q4, q4_cut) = scores["merged"], scores["gguf-q4_0"]
+        assert not np.allclose(got[name][2], ba)  # the orders score differently: both really were scored
+    (ref, ref_cut, _, ref_one_cut), (q4, q4_cut, q4_ab, q4_one_cut) = got["merged"], got["gguf-q4_0"]
     row = next(v for v in report["variants"] if v["name"] == "gguf-q4_0")
     assert ref_cut == pytest.approx(report["threshold"], abs=1e-6)
+    assert ref_one_cut == pytest.approx(report["reference"]["threshold_one_order"], abs=1e-6)
     assert q4_cut == pytest.approx(row["threshold"], abs=1e-6)
     assert q4_cut == pytest.approx(best_threshold(pairs.labels, q4), abs=1e-6)
+    assert q4_one_cut == pytest.approx(best_threshold(pairs.labels, q4_ab), abs=1e-6)
+    assert row["threshold_one_order"] == pytest.approx(q4_one_cut, abs=1e-6)
     assert row["f1"] == pytest.approx(compute_metrics(pairs.labels, q4, q4_cut).f1, abs=1e-6)
     assert row["flip_rate"] == pytest.approx(flip_rate(ref, q4, ref_cut, q4_cut))
 
@@ -185,10 +194,11 @@ def test_provenance_in_artifacts(tiny_export, tiny_adapter):
     from epm_edge.runtime import load_scorer
 
     report = json.loads((tiny_export / "report.json").read_text())
-    thresholds = {v["name"]: v["threshold"] for v in report["variants"]}
+    cuts = {v["name"]: (v["threshold_one_order"], v["threshold"]) for v in report["variants"]}
     scorer = load_scorer(tiny_export / "gguf" / "model-Q4_K_M.gguf")
     try:
-        assert scorer.threshold == pytest.approx(thresholds["gguf-q4_k_m"], abs=1e-6)
+        assert (scorer.threshold, float(scorer.metadata["threshold_both_orders"])) == pytest.approx(
+            cuts["gguf-q4_k_m"], abs=1e-6)
         meta = scorer.metadata
     finally:
         scorer.close()
@@ -198,7 +208,8 @@ def test_provenance_in_artifacts(tiny_export, tiny_adapter):
     assert len(meta["base_sha256"]) == 64 and meta["version"]
     assert meta["verify.passed"] == "true" and float(meta["verify.f1"]) >= 0
     onnx = load_scorer(tiny_export / "onnx" / "int8")
-    assert onnx.threshold == thresholds["onnx-int8"] and onnx.metadata["quant"] == "int8"
+    assert (onnx.threshold, onnx.metadata["threshold_both_orders"]) == cuts["onnx-int8"]
+    assert onnx.metadata["quant"] == "int8"
     assert onnx.metadata["adapter_sha256"] == meta["adapter_sha256"]
     onnx.close()
 

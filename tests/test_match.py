@@ -159,3 +159,36 @@ def test_match_explanations_follow_the_rows_decision(tmp_path, base_gguf):
     explained = [row for row in map(json.loads, out.read_text().splitlines()) if row.get("explanation")]
     assert {row["match"] for row in explained} == {True, False}
     assert all(row["explanation"]["match"] == row["match"] for row in explained)
+
+
+def test_one_order_cut_stands_in_with_a_warning(tmp_path, base_gguf):
+    """Both orders (the default) use the model's both-orders cut; a model with only a one-order cut
+    warns and uses it; a model with no cut at all stays silent at 0.5."""
+    import shutil
+
+    from epm_edge.export.gguf_convert import set_metadata
+
+    for name in ("retailer.csv", "marketplace.csv"):  # three listings each keep the runs short
+        (tmp_path / name).write_text("".join((EXAMPLES / name).read_text().splitlines(keepends=True)[:4]))
+    one_cut, both_cuts = tmp_path / "one.gguf", tmp_path / "both.gguf"
+    shutil.copy(base_gguf, one_cut)
+    set_metadata(one_cut, {"threshold": 0.4})
+    shutil.copy(one_cut, both_cuts)
+    set_metadata(both_cuts, {"threshold_both_orders": 0.3})
+
+    def stderr(model, *flags):
+        cmd = [sys.executable, "-m", "epm_edge", "match", str(tmp_path / "retailer.csv"),
+               str(tmp_path / "marketplace.csv"), "--model", str(model), *flags]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return " ".join(r.stderr.split())  # rich wraps lines at 80 columns off a terminal
+
+    warning = "no cut tuned on both orders"
+    out = stderr(one_cut)
+    assert warning in out and "threshold 0.400" in out
+    out = stderr(both_cuts)
+    assert warning not in out and "threshold 0.300" in out
+    out = stderr(both_cuts, "--one-order")
+    assert warning not in out and "threshold 0.400" in out
+    out = stderr(base_gguf)
+    assert warning not in out and "threshold 0.500" in out

@@ -32,9 +32,3 @@ def score_texts(scorer, texts: Sequence[tuple[str, str]], batch_size: int = 32,
         if on_batch:
             on_batch(min(batch_size, len(texts) - lo))
     return scores, time.perf_counter() - start
-
-
-def score_pairs(scorer, ps: PairSet, pairs: LabelledPairs, record_tokens: int = 64, batch_size: int = 32,
-                on_batch=None) -> tuple[np.ndarray, float]:
-    """(P(match) per labelled pair, seconds spent scoring)."""
-    return score_texts(scorer, serialize_pairs(ps, pairs, record_tokens), batch_size, on_batch)

@@ -7,6 +7,10 @@ shift every score of a variant while it ranks pairs about as well as the referen
 model's Q4_0 has its best cut at 0.38 where fp32 has it at 0.86), and the reference's cut would
 then count as lost matches what a cut of its own keeps. "Decision flips" are pairs whose
 match/no-match answer, each scoring at its own cut, differs from the reference's.
+
+Pairs are scored in both record orders, the way `epm-edge match` scores them by default, and the
+gate is judged on that scoring. The A/B scores alone give each artifact its one-order cut too
+(`match --one-order`), at no extra cost.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import numpy as np
 
 from epm_edge.data.pairs import LabelledPairs, PairSet
 from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
-from epm_edge.evaluate.scoring import score_pairs
+from epm_edge.evaluate.scoring import score_texts, serialize_pairs
+from epm_edge.runtime.orders import combine, swapped
 
 BACKEND = {"hf": "transformers", "gguf": "llamacpp", "onnx": "onnx"}
 
@@ -41,7 +46,8 @@ class VariantResult:
     format: str
     quant: str
     path: str
-    threshold: float  # maximizes this scoring's F1 on the verification pairs; stored in the artifact
+    threshold: float  # maximizes this scoring's F1 on the verification pairs (both orders); stored in the artifact
+    threshold_one_order: float  # the same on the A/B scores alone; stored too
     precision: float
     recall: float
     f1: float
@@ -61,7 +67,7 @@ class VariantResult:
 
 @dataclass
 class Verification:
-    threshold: float  # the reference's
+    threshold: float  # the reference's (both orders)
     n_pairs: int
     reference: VariantResult
     variants: list[VariantResult]
@@ -80,8 +86,9 @@ def artifact_size(path: Path) -> int:
                if f.is_file() and f.suffix in (".safetensors", ".bin", ".onnx", ".onnx_data", ".data"))
 
 
-def _score(c: Candidate, ps: PairSet, pairs: LabelledPairs, record_tokens: int, threads: int | None,
-           batch_size: int) -> tuple[np.ndarray, float, float]:
+def _score(c: Candidate, texts: list[tuple[str, str]], threads: int | None,
+           batch_size: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """(A/B scores, B/A scores, load seconds, pairs per second with both orders scored)."""
     from epm_edge.console import progress_bar
     from epm_edge.runtime import load_scorer
 
@@ -90,36 +97,40 @@ def _score(c: Candidate, ps: PairSet, pairs: LabelledPairs, record_tokens: int, 
     load = time.perf_counter() - start
     try:
         with progress_bar() as bar:
-            task = bar.add_task(c.name, total=len(pairs))
-            scores, seconds = score_pairs(scorer, ps, pairs, record_tokens=record_tokens, batch_size=batch_size,
-                                          on_batch=lambda n: bar.advance(task, n))
+            task = bar.add_task(f"{c.name} (both orders)", total=2 * len(texts))
+            ab, ab_s = score_texts(scorer, texts, batch_size, on_batch=lambda n: bar.advance(task, n))
+            ba, ba_s = score_texts(scorer, swapped(texts), batch_size, on_batch=lambda n: bar.advance(task, n))
     finally:
         scorer.close()
-    return scores, load, len(pairs) / seconds if seconds else 0.0
+    return ab, ba, load, len(texts) / (ab_s + ba_s) if ab_s + ba_s else 0.0
 
 
 def verify(reference: Candidate, candidates: list[Candidate], ps: PairSet, pairs: LabelledPairs,
            record_tokens: int = 64, threads: int | None = None, batch_size: int = 32,
            log: Callable[[str], None] = lambda msg: None) -> Verification:
     labels = pairs.labels
-    log(f"scoring {len(pairs)} pairs with the reference ({reference.name})")
-    ref_scores, load, rate = _score(reference, ps, pairs, record_tokens, threads, batch_size)
+    texts = serialize_pairs(ps, pairs, record_tokens)
+    log(f"scoring {len(pairs)} pairs in both orders with the reference ({reference.name})")
+    ab, ba, load, rate = _score(reference, texts, threads, batch_size)
+    ref_scores = combine(ab, ba)
     threshold = best_threshold(labels, ref_scores)
     ref_m = compute_metrics(labels, ref_scores, threshold)
     ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), threshold,
-                        ref_m.precision, ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0, artifact_size(reference.path),
-                        load, rate, None, None, True)
+                        best_threshold(labels, ab), ref_m.precision, ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0,
+                        artifact_size(reference.path), load, rate, None, None, True)
     log(f"reference F1 {ref_m.f1:.3f} at threshold {threshold:.4f} ({rate:.1f} pairs/s)")
     results = []
     for c in candidates:
-        scores, load, rate = _score(c, ps, pairs, record_tokens, threads, batch_size)
+        ab, ba, load, rate = _score(c, texts, threads, batch_size)
+        scores = combine(ab, ba)
         own = best_threshold(labels, scores)
         m = compute_metrics(labels, scores, own)
         delta, flips = m.f1 - ref_m.f1, flip_rate(ref_scores, scores, threshold, own)
         # A small epsilon so a budget met exactly (e.g. 2 flips of 200 at 1 %) is not failed by rounding.
         passed = abs(delta) * 100 <= c.max_delta_f1 + 1e-9 and flips <= c.max_flip_rate + 1e-9
-        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), own, m.precision, m.recall, m.f1, delta,
-                                     flips, float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
+        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), own, best_threshold(labels, ab),
+                                     m.precision, m.recall, m.f1, delta, flips,
+                                     float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
                                      load, rate, c.max_delta_f1, c.max_flip_rate, passed))
         log(f"{c.name}: F1 {m.f1:.3f} at threshold {own:.4f} (delta {delta * 100:+.2f} pt), flips {flips:.1%}, "
             f"{rate:.1f} pairs/s, {'pass' if passed else 'FAIL'}")

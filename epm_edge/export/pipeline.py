@@ -135,18 +135,21 @@ def verify_export(root: Path, recipe: Recipe, data: Path | None = None, split: s
 
 
 def _stamp(root: Path, result, data_name: str) -> None:
-    """Each artifact's own threshold and its verification scores into it (GGUF metadata, JSON sidecars)."""
+    """Each artifact's own thresholds (one order, both orders) and its verification scores into it (GGUF
+    metadata, JSON sidecars)."""
     from epm_edge.export.gguf_convert import set_metadata
 
-    merged = read_sidecar(root / "merged")
-    write_sidecar(root / "merged", {**merged, "threshold": result.threshold})
+    def cuts(v):
+        return {"threshold": v.threshold_one_order, "threshold_both_orders": v.threshold}
+
+    write_sidecar(root / "merged", {**read_sidecar(root / "merged"), **cuts(result.reference)})
     for v in result.variants:
         scores = {"verify.f1": v.f1, "verify.delta_f1": v.delta_f1, "verify.flip_rate": v.flip_rate,
                   "verify.passed": v.passed, "verify.data": data_name, "verify.n_pairs": result.n_pairs}
         if v.format == "gguf":
-            set_metadata(Path(v.path), {"threshold": v.threshold, **scores})
+            set_metadata(Path(v.path), {**cuts(v), **scores})
         else:
-            write_sidecar(Path(v.path), {**read_sidecar(Path(v.path)), "threshold": v.threshold, **scores})
+            write_sidecar(Path(v.path), {**read_sidecar(Path(v.path)), **cuts(v), **scores})
 
 
 def _report(root: Path, result, data: Path, split: str, recipe: Recipe) -> dict:
@@ -162,21 +165,24 @@ def _report(root: Path, result, data: Path, split: str, recipe: Recipe) -> dict:
 
 
 def report_markdown(report: dict) -> str:
-    head = ("| variant | format | quant | size MB | load s | pairs/s | threshold | P | R | F1 | ΔF1 pt | flips "
-            "| mean abs ΔP | budget | result |\n|" + "---|" * 15 + "\n")
+    head = ("| variant | format | quant | size MB | load s | pairs/s | threshold | one-order cut | P | R | F1 "
+            "| ΔF1 pt | flips | mean abs ΔP | budget | result |\n|" + "---|" * 16 + "\n")
     lines = []
     for v in [report["reference"], *report["variants"]]:
         budget = ("reference" if v["max_delta_f1"] is None
                   else f"≤{v['max_delta_f1']:g} pt, ≤{v['max_flip_rate']:.0%}")
         lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {v['size_bytes'] / 1e6:.0f} "
                      f"| {v['load_seconds']:.1f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
+                     f"| {v['threshold_one_order']:.4f} "
                      f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['delta_f1'] * 100:+.2f} "
                      f"| {v['flip_rate']:.1%} | {v['mean_abs_dp']:.4f} | {budget} "
                      f"| {'pass' if v['passed'] else '**FAIL**'} |")
     prov = report["provenance"]
     return (f"# epm-edge export report\n\n"
-            f"Verified on {report['n_pairs']} pairs of `{report['data']}` ({report['split']}). Each variant's "
-            f"threshold maximizes its own F1 on these pairs and is stored in it (quantization shifts scores); "
+            f"Verified on {report['n_pairs']} pairs of `{report['data']}` ({report['split']}), each scored in both "
+            f"record orders as `epm-edge match` does by default (pairs/s counts a pair once). Each variant's "
+            f"threshold maximizes its own F1 on these pairs and is stored in it (quantization shifts scores), "
+            f"with the cut for the A/B scores alone (`match --one-order`); "
             f"flips count decisions, each at its own threshold, that differ from the reference's.\n\n"
             f"Base `{prov.get('base', '?')}` (sha256 {prov.get('base_sha256', '?')[:12]}...), adapter "
             f"`{prov.get('adapter') or 'none'}`, prompt {prov.get('prompt_version', '?')}, "
