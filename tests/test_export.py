@@ -161,22 +161,21 @@ def test_each_variant_stores_its_own_best_threshold(tiny_export, tiny_data):
     from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
     from epm_edge.evaluate.scoring import score_texts, serialize_pairs
     from epm_edge.runtime import load_scorer
-    from epm_edge.runtime.orders import BothOrders, swapped
+    from epm_edge.runtime.orders import combine, stored_threshold, swapped
 
     report = json.loads((tiny_export / "report.json").read_text())
     ps = load_pair_set(tiny_data)
     pairs = ps.split("valid")
     texts = serialize_pairs(ps, pairs, record_tokens=32)
-    got = {}
+    got = {}  # name -> (both-orders scores, their stored cut, A/B scores, their stored cut)
     for name, path in (("merged", tiny_export / "merged"), ("gguf-q4_0", tiny_export / "gguf" / "model-Q4_0.gguf")):
         scorer = load_scorer(path)
         try:
-            both = BothOrders(scorer)
-            got[name] = (score_texts(both, texts)[0], both.threshold, score_texts(scorer, texts)[0], scorer.threshold)
-            ba = score_texts(scorer, swapped(texts))[0]
+            ab, ba = score_texts(scorer, texts)[0], score_texts(scorer, swapped(texts))[0]
+            got[name] = (combine(ab, ba), stored_threshold(scorer, both_orders=True), ab, scorer.threshold)
         finally:
             scorer.close()
-        assert not np.allclose(got[name][2], ba)  # the orders score differently: both really were scored
+        assert not np.allclose(ab, ba)  # the orders score differently: both really were scored
     (ref, ref_cut, _, ref_one_cut), (q4, q4_cut, q4_ab, q4_one_cut) = got["merged"], got["gguf-q4_0"]
     row = next(v for v in report["variants"] if v["name"] == "gguf-q4_0")
     assert ref_cut == pytest.approx(report["threshold"], abs=1e-6)
