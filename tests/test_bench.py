@@ -145,6 +145,38 @@ def test_rerun_reuses_measurements(bench_out, export_dir, data_dir):
         assert again[name]["reused"] and again[name]["pairs_per_s"] == old[name]["pairs_per_s"]
 
 
+def test_bench_scores_both_orders_unless_told_one(bench_out, export_dir, data_dir, tmp_path):
+    """By default a pair's score is its A/B and B/A scores combined, as `epm-edge match` scores it;
+    `--one-order` gives the A/B score. Checked against the llama.cpp scorer called directly."""
+    from epm_edge.bench.run import BenchConfig, run_bench
+    from epm_edge.data import load_pair_set
+    from epm_edge.evaluate.scoring import serialize_pairs
+    from epm_edge.runtime import load_scorer
+    from epm_edge.runtime.orders import combine, swapped
+
+    ps = load_pair_set(data_dir / "abt_buy")
+    pairs = serialize_pairs(ps, ps.split("test").head(LIMIT), 64)
+    scorer = load_scorer(export_dir / "gguf" / "model-q4_0.gguf", threads=1)
+    ab, ba = scorer.score(pairs), scorer.score(swapped(pairs))
+    scorer.close()
+    assert np.abs(combine(ab, ba) - ab).max() > 0.01  # the orders really differ: the checks below can fail
+
+    report = json.loads((bench_out / "report.json").read_text())
+    assert report["settings"]["both_orders"] and "both record orders" in (bench_out / "report.md").read_text()
+    with open(bench_out / "scores.csv", newline="") as f:
+        both = [float(r["score"]) for r in csv.DictReader(f) if r["variant"] == "gguf-q4_0"]
+    np.testing.assert_allclose(both, combine(ab, ba), atol=2e-3)
+
+    cfg = BenchConfig(model=export_dir, data_dirs=[data_dir / "abt_buy"], out=tmp_path, limit=LIMIT,
+                      variants=["gguf-q4_0"], threads=(1,), repeat=1, timing_pairs=TIMING_PAIRS,
+                      latency_pairs=LATENCY_PAIRS, both_orders=False)
+    [one] = run_bench(cfg, log=lambda _: None)["results"]
+    np.testing.assert_allclose(one["scores"], ab, atol=2e-3)
+    # a pair scored once costs the tokens of one prompt, half of what both orders cost
+    [q4] = [r for r in report["results"] if r["variant"] == "gguf-q4_0"]
+    assert one["prompt_tokens_per_pair"] == pytest.approx(q4["prompt_tokens_per_pair"] / 2, rel=0.02)
+
+
 def test_variant_selection_and_cost():
     vs = [Variant("gguf-q8_0", "llamacpp"), Variant("gguf-q4_0", "llamacpp"), Variant("tfidf", "tfidf")]
     assert [v.name for v in select(vs, ["gguf-q4*", "tfidf"])] == ["gguf-q4_0", "tfidf"]

@@ -39,12 +39,15 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--latency-pairs", type=click.IntRange(1), default=32, show_default=True,
               help="Pairs scored one at a time per repetition for the latency figures.")
 @click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per serialized record.")
+@click.option("--both-orders/--one-order", default=True, show_default=True,
+              help="Score each pair as A/B and B/A, as `epm-edge match` does by default (pairs/s and latency "
+                   "count the two scorings as one pair), or as A/B only.")
 @click.option("--usd-per-core-hour", type=float, default=None,
               help="Your price of one CPU core for an hour; adds cost per 1M pairs (no built-in prices).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
 @click.option("--fresh", is_flag=True, help="Re-measure variants already measured in OUT/raw with the same settings.")
 def bench(model, data, split, limit, variants, threads, batch_size, repeat, timing_pairs, latency_pairs,
-          record_tokens, usd_per_core_hour, out, fresh):
+          record_tokens, both_orders, usd_per_core_hour, out, fresh):
     """Accuracy, throughput, latency, memory and cost of every exported variant, as a report."""
     from epm_edge.bench.report import dataset_tables, write_report
     from epm_edge.bench.run import BenchConfig, run_bench
@@ -56,7 +59,8 @@ def bench(model, data, split, limit, variants, threads, batch_size, repeat, timi
                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
                       threads=threads, batch_size=batch_size, repeat=repeat, timing_pairs=timing_pairs,
                       latency_pairs=latency_pairs,
-                      record_tokens=record_tokens, usd_per_core_hour=usd_per_core_hour, fresh=fresh)
+                      record_tokens=record_tokens, both_orders=both_orders, usd_per_core_hour=usd_per_core_hour,
+                      fresh=fresh)
     report = run_bench(cfg, log=err.print)
     # The exact command goes into the report, so it can be reproduced (only when run as `epm-edge`).
     command = shlex.join(["epm-edge", *sys.argv[1:]]) if Path(sys.argv[0]).name == "epm-edge" else None

@@ -61,6 +61,8 @@ def _header(report: dict, command: str | None) -> list[str]:
                      f"{s['repeat']} repetitions of {s['timing_pairs']} throughput pairs and "
                      f"{s['latency_pairs']} latency pairs, "
                      f"record tokens {s['record_tokens']}, prompt {s['prompt_version']}"),
+        ("scoring", "both record orders, A/B and B/A combined, as `epm-edge match` by default (a pair is "
+                    "two scorings, counted once)" if s.get("both_orders") else "one record order (A/B)"),
     ]
     lines = ["# epm-edge bench", ""]
     if command:
@@ -77,9 +79,10 @@ NOTES = """\
 How to read: the threshold of each variant maximizes F1 on the valid split and P, R, F1 are then
 measured on the whole split above. pairs/s: offline scoring in batches of the first pairs of the
 split (mean ± sd over repetitions, after the accuracy pass has warmed up the runtime).
-p50/p90/p99: one pair per call, pooled over repetitions. prompt tok/s: tokens of the
-full prompt (shared instruction prefix included) times pairs/s, so runtimes that compute the prefix
-once show it as a higher effective rate. Peak RSS: the whole worker process (Python, runtime, model).
+p50/p90/p99: one pair per call, pooled over repetitions. With both record orders (see "scoring"),
+every figure is of a pair scored both ways, TF-IDF apart (a cosine, the same either way). prompt
+tok/s: tokens of the full prompts (shared instruction prefix included) times pairs/s, so runtimes
+that compute the prefix once show it as a higher effective rate. Peak RSS: the whole worker process (Python, runtime, model).
 Size: the file(s) on disk (bitsandbytes: its pre-quantized checkpoint; TF-IDF: its pickled
 vocabularies). Load: one sample per variant, page cache warm. Cost: the given USD per core-hour,
 times the threads used, over the hours one million pairs take at the measured pairs/s."""

@@ -16,6 +16,7 @@ from epm_edge.bench import figures, worker
 from epm_edge.bench.variants import Variant, disk_size, discover, select
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.scoring import serialize_pairs
+from epm_edge.runtime.orders import swapped
 
 
 @dataclass
@@ -33,6 +34,7 @@ class BenchConfig:
     latency_pairs: int = 32
     record_tokens: int = 64
     usd_per_core_hour: float | None = None
+    both_orders: bool = True  # as `epm-edge match` scores by default: A/B and B/A, combined
     fresh: bool = False  # re-measure even where out/raw/ holds a result of the same spec
 
 
@@ -106,7 +108,7 @@ def _variant_rows(v: Variant, cfg: BenchConfig, datasets: list[dict], raw_dir: P
         log(f"{key}: measuring")
         spec = {"result_version": worker.RESULT_VERSION, "variant": v.as_dict(), "threads": threads, "batch_size": cfg.batch_size,
                 "repeat": cfg.repeat, "timing_pairs": cfg.timing_pairs, "latency_pairs": cfg.latency_pairs,
-                "record_tokens": cfg.record_tokens,
+                "record_tokens": cfg.record_tokens, "both_orders": cfg.both_orders,
                 "datasets": [{k: d[k] for k in ("name", "dir", "split", "limit")} for d in datasets]}
         raw = run_worker(spec, raw_dir, key, cfg.fresh)
         if raw.get("reused"):
@@ -141,10 +143,12 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     datasets = []
     for ps in sets:
         valid, test = ps.split("valid").head(cfg.limit), ps.split(cfg.split).head(cfg.limit)
+        timed = serialize_pairs(ps, test.head(cfg.timing_pairs), cfg.record_tokens)  # what the throughput runs score
+        # Both orders: a pair costs the tokens of both its prompts.
+        tokens = (2 * prompt_tokens_per_pair(gguf, timed + swapped(timed)) if cfg.both_orders
+                  else prompt_tokens_per_pair(gguf, timed))
         datasets.append({"name": ps.name, "dir": str(ps.root.resolve()), "split": cfg.split, "limit": cfg.limit,
-                         "valid": valid, "test": test,
-                         "tokens_per_pair": prompt_tokens_per_pair(  # of the pairs the throughput runs score
-                             gguf, serialize_pairs(ps, test.head(cfg.timing_pairs), cfg.record_tokens))})
+                         "valid": valid, "test": test, "tokens_per_pair": tokens})
 
     facts = host_facts()
     raw_dir = cfg.out / "raw"
@@ -153,7 +157,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     settings = {"model": str(cfg.model), "data": [d["dir"] for d in datasets], "split": cfg.split,
                 "limit": cfg.limit, "variants": [v.name for v in chosen], "threads": list(cfg.threads),
                 "batch_size": cfg.batch_size, "repeat": cfg.repeat, "timing_pairs": cfg.timing_pairs,
-                "latency_pairs": cfg.latency_pairs,
+                "latency_pairs": cfg.latency_pairs, "both_orders": cfg.both_orders,
                 "record_tokens": cfg.record_tokens, "usd_per_core_hour": cfg.usd_per_core_hour,
                 "prompt_version": prompt.PROMPT_VERSION, "tokenizer": str(gguf)}
     return {"schema": 1, "host": facts, "settings": settings, "results": rows,

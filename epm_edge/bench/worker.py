@@ -21,13 +21,15 @@ from epm_edge.evaluate.scoring import score_texts, serialize_pairs
 RESULT_VERSION = 2
 
 
-def load(variant: dict, threads: int, batch_size: int, sets: list, record_tokens: int):
-    if variant["runtime"] == "tfidf":
+def load(variant: dict, threads: int, batch_size: int, sets: list, record_tokens: int, both_orders: bool):
+    if variant["runtime"] == "tfidf":  # a cosine similarity: the same in either order, so scored once
         from epm_edge.bench.tfidf import TfidfScorer
         return TfidfScorer([serialize_record(r, record_tokens) for ps in sets
                             for cat in (ps.a, ps.b) for r in cat.records.values()])
     from epm_edge.runtime import load_scorer
-    return load_scorer(variant["path"], backend=variant["runtime"], threads=threads, batch_size=batch_size)
+    from epm_edge.runtime.orders import BothOrders
+    scorer = load_scorer(variant["path"], backend=variant["runtime"], threads=threads, batch_size=batch_size)
+    return BothOrders(scorer) if both_orders else scorer
 
 
 def run(spec: dict) -> dict:
@@ -40,7 +42,8 @@ def run(spec: dict) -> dict:
 
     rss_before = measure.rss_bytes()
     start = time.perf_counter()
-    scorer = load(spec["variant"], spec["threads"], spec["batch_size"], list(sets.values()), spec["record_tokens"])
+    scorer = load(spec["variant"], spec["threads"], spec["batch_size"], list(sets.values()), spec["record_tokens"],
+                  spec["both_orders"])
     result = {"load_seconds": time.perf_counter() - start, "rss_before_load_bytes": rss_before,
               "rss_after_load_bytes": measure.rss_bytes(), "provenance": dict(scorer.metadata), "datasets": {}}
     if hasattr(scorer, "size_bytes"):
