@@ -82,10 +82,11 @@ split (mean ± sd over repetitions, after the accuracy pass has warmed up the ru
 p50/p90/p99: one pair per call, pooled over repetitions. With both record orders (see "scoring"),
 every figure is of a pair scored both ways, TF-IDF apart (a cosine, the same either way). prompt
 tok/s: tokens of the full prompts (shared instruction prefix included) times pairs/s, so runtimes
-that compute the prefix once show it as a higher effective rate. Peak RSS: the whole worker process (Python, runtime, model).
-Size: the file(s) on disk (bitsandbytes: its pre-quantized checkpoint; TF-IDF: its pickled
-vocabularies). Load: one sample per variant, page cache warm. Cost: the given USD per core-hour,
-times the threads used, over the hours one million pairs take at the measured pairs/s."""
+that compute the prefix once show it as a higher effective rate. Peak RSS: the whole worker
+process (Python, runtime, model). Size: the file(s) on disk (bitsandbytes: its pre-quantized
+checkpoint; TF-IDF: its pickled vocabularies). Load: one sample per variant, page cache warm.
+Cost: the given USD per core-hour, times the threads used, over the hours one million pairs take
+at the measured pairs/s."""
 
 
 def dataset_tables(report: dict) -> list[str]:
