@@ -13,7 +13,7 @@ import click
 
 from epm_edge import __version__
 from epm_edge.errors import EpmError
-from epm_edge.model_store import ADAPTER_QUANTS
+from epm_edge.model_store import ADAPTER_QUANTS, model_identity
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -55,23 +55,29 @@ backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx"
 threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
 # Both orders by default: a pair's score should not depend on which catalog came first, and on the four
 # benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
-both_orders_option = click.option("--both-orders/--one-order", default=True, show_default=True,
+both_orders_option = click.option("--both-orders/--one-order", default=None,
                                    help="Score each pair as A/B and B/A and combine (symmetric, more accurate), or "
-                                        "as A/B only (one scoring a pair instead of two).")
+                                        "as A/B only (one scoring a pair instead of two) [default: both, or what "
+                                        "the model's cascade was fitted on].")
+cascade_option = click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|DIR",
+                              help="auto: the model's feature stage settles the pairs it is sure of and is fused with "
+                                   "the LLM on the rest (when the model has one); off: the LLM scores every pair; DIR: "
+                                   "a features dir (matcher.txt, cascade.json).")
 batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
 
 
-def _model_identity(path) -> str:
-    """What resumable outputs record of the model: the digest of a GGUF's tensor data (metadata
-    stamped later, such as a threshold, changes no score), another file's digest, a directory's path."""
-    from epm_edge.model_store import sha256_file
+def _cascade(mode, model_path, both_orders):
+    """(the feature stage for --cascade MODE or None, whether the LLM scores both orders)."""
+    from epm_edge.features.cascade import Cascade, resolve_cascade
 
-    path = Path(path)
-    if path.suffix == ".gguf":
-        import gguf
-
-        return sha256_file(path, start=gguf.GGUFReader(path).data_offset)
-    return sha256_file(path) if path.is_file() else str(path.resolve())
+    stage = resolve_cascade(mode, model_path)
+    if isinstance(stage, Cascade):
+        fitted = stage.settings.orders
+        if both_orders is not None and (2 if both_orders else 1) != fitted:
+            raise click.UsageError(f"the cascade of this model was fitted on {fitted} record order(s): "
+                                   f"drop --{'one-order' if fitted == 2 else 'both-orders'} or pass --cascade off")
+        return stage, fitted == 2
+    return stage, True if both_orders is None else both_orders
 
 
 def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orders=False):
@@ -101,6 +107,7 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @threads_option
 @batch_option
 @both_orders_option
+@cascade_option
 @click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record (blocking).")
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
 @click.option("--id-col-a", default=None, help="Id column of catalog A (default: auto-detect).")
@@ -115,11 +122,13 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
 @click.option("--explain-above", type=float, default=None, help="Explain pairs scoring at least this (default: the threshold).")
 @click.option("--force", is_flag=True, help="Overwrite an output file from a run with other settings.")
-def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, top_k, threshold,
+def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
+          top_k, threshold,
           id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
     from epm_edge.console import err, progress_bar
     from epm_edge.data import read_catalog
+    from epm_edge.features.cascade import identity
     from epm_edge.match.blocking import candidates
     from epm_edge.match.run import run_match
     from epm_edge.report.tables import match_table
@@ -130,31 +139,45 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
+    cascade, both_orders = _cascade(cascade_mode, model_path, both_orders)
+    if cascade is not None and not hasattr(cascade, "settings"):
+        raise click.UsageError("--cascade features-only is for eval: match needs a cascade dir, auto or off")
     path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant, both_orders)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
-    thr = threshold if threshold is not None else (scorer.threshold if scorer.threshold is not None else 0.5)
-    if both_orders and threshold is None and scorer.threshold is not None \
+    stored = cascade.settings.threshold if cascade else scorer.threshold
+    thr = threshold if threshold is not None else (stored if stored is not None else 0.5)
+    if cascade is None and both_orders and threshold is None and scorer.threshold is not None \
             and scorer.metadata.get("threshold_both_orders") is None:
         err.print("[yellow]no cut tuned on both orders is stored with this model; its one-order cut stands in "
                   "(set one with eval --save-threshold, or pass --threshold or --one-order)[/]")
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
-    err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}")
+    err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
+              + (f"; cascade: {cascade.path}" if cascade else ""))
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
-                "model_sha256": _model_identity(scorer.path),
+                "model_sha256": model_identity(scorer.path),
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
-                "explain_above": explain_above, "both_orders": both_orders}
+                "explain_above": explain_above, "both_orders": both_orders,
+                "cascade": identity(cascade) if cascade else "off"}
+    counts = {"pairs": 0, "llm": 0}
+
+    def advance(n: int, n_llm: int) -> None:
+        counts["pairs"] += n
+        counts["llm"] += n_llm
+        bar.update(task, advance=n, description=f"scoring (LLM {counts['llm'] / max(counts['pairs'], 1):.0%})"
+                   if cascade else "scoring")
+
     with progress_bar() as bar:
         task = bar.add_task("scoring", total=len(cands))
         summary = run_match(a, b, cands, scorer, target, settings, thr, batch_size=batch_size,
                             record_tokens=record_tokens, explain=explain, explain_above=explain_above,
-                            assignment=assignment, force=force or output is None,
-                            on_start=lambda done: bar.update(task, completed=done),
-                            on_batch=lambda n: bar.advance(task, n))
+                            assignment=assignment, force=force or output is None, cascade=cascade,
+                            on_start=lambda done: bar.update(task, completed=done), on_batch=advance)
     scorer.close()
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
-    err.print(f"scored {summary.scored} pairs in {summary.seconds:.1f}s ({rate:.1f} pairs/s)"
+    err.print(f"scored {summary.scored} pairs in {summary.seconds:.1f}s ({rate:.1f} pairs/s"
+              + (f", {summary.to_llm} by the LLM" if cascade else "") + ")"
               + (f", {summary.resumed} resumed from {output}" if summary.resumed else "")
               + f"; {summary.matches} matches")
     if output is None:
@@ -177,6 +200,8 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @threads_option
 @batch_option
 @both_orders_option
+@click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|features-only|DIR",
+              help="As for match; features-only: the feature matcher alone, no LLM (the baseline).")
 @click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
 @click.option("--tune-split", type=click.Choice(["train", "valid"]), default=None,
               help="Choose each set's threshold on this split first (best F1 there).")
@@ -189,8 +214,8 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir: its default "
                    "cut for this GGUF type and way of scoring (both orders, or one with --one-order).")
-def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, threshold,
-             tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
+def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
+             threshold, tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold
@@ -205,9 +230,20 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
     dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
-    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
-    # the stored scores' key; hashing the model costs a read of it, so only when scores are kept
-    identity = {"model": _model_identity(scorer.path), "backend": scorer.name} if scores_dir else None
+    from epm_edge.features.cascade import Cascade
+
+    stage, both_orders = _cascade(cascade_mode, model_path, both_orders)
+    cascade = stage if isinstance(stage, Cascade) else None
+    if save_threshold and stage is not None:
+        raise click.UsageError("--save-threshold stores the LLM's own cut: pass --cascade off "
+                               "(a cascade's cut is fitted by `epm-edge train cascade`)")
+    if cascade is None and stage is not None:  # the feature matcher alone: no LLM to load
+        path, scorer, identity = stage.path, None, None
+    else:
+        path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
+        # the stored scores' key; hashing the model costs a read of it, so only when scores are kept
+        identity = {"model": model_identity(scorer.path), "backend": scorer.name} if scores_dir else None
+    name = "features" if scorer is None else scorer.name + ("+features" if cascade else "")
     results, tunings = [], []
     try:
         with progress_bar() as bar:
@@ -215,13 +251,15 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
                 r, tuning = evaluate_set(scorer, d, split, limit=limit, skip=skip, threshold=threshold,
                                          tune_split=tune_split, tune_limit=tune_limit, record_tokens=record_tokens,
                                          batch_size=batch_size, bar=bar, scores_dir=scores_dir,
-                                         settings=identity, both_orders=both_orders)
-                results.append({**r, "model": str(path), "backend": scorer.name})
+                                         settings=identity, both_orders=both_orders, cascade=cascade,
+                                         matcher=None if cascade else stage)
+                results.append({**r, "model": str(path), "backend": name})
                 tunings += [tuning] if tuning else []
                 if as_json:
                     click.echo(json.dumps(results[-1]))
     finally:
-        scorer.close()
+        if scorer is not None:
+            scorer.close()
     if not as_json:
         out.print(metrics_table(results))
     if tunings:

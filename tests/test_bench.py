@@ -18,6 +18,8 @@ from epm_edge.bench.variants import Variant, select
 from epm_edge.errors import EpmError
 from epm_edge.evaluate.metrics import compute_metrics
 
+from conftest import ROOT
+
 LIMIT, REPEAT, TIMING_PAIRS, LATENCY_PAIRS = 16, 2, 4, 2
 VARIANTS = ["hf-fp32", "bnb-int8", "bnb-nf4", "gguf-q4_1", "gguf-q4_0", "tfidf"]
 PLOTS = ("f1_vs_throughput.png", "latency.png", "size_vs_f1.png")
@@ -175,6 +177,45 @@ def test_bench_scores_both_orders_unless_told_one(bench_out, export_dir, data_di
     # a pair scored once costs the tokens of one prompt, half of what both orders cost
     [q4] = [r for r in report["results"] if r["variant"] == "gguf-q4_0"]
     assert one["prompt_tokens_per_pair"] == pytest.approx(q4["prompt_tokens_per_pair"] / 2, rel=0.02)
+
+
+def test_bench_runs_model_variants_inside_the_cascade(export_dir, data_dir, tmp_path):
+    """An export with a feature stage: the feature matcher alone is a variant, and a model variant runs
+    inside the cascade, its scores the feature probability or its fusion with the LLM's score."""
+    from epm_edge.bench.run import BenchConfig, run_bench
+    from epm_edge.data import load_pair_set
+    from epm_edge.evaluate.scoring import serialize_pairs
+    from epm_edge.features.cascade import load_cascade
+    from epm_edge.features.pairs import PairFeaturizer
+    from epm_edge.runtime import load_scorer
+    from epm_edge.runtime.orders import combine, swapped
+
+    features = ROOT / "models" / "epm-smollm2-135m" / "features"
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "gguf").symlink_to(export_dir / "gguf")
+    (export / "features").symlink_to(features)
+    cfg = BenchConfig(model=export, data_dirs=[data_dir / "walmart_amazon"], out=tmp_path / "out", limit=LIMIT,
+                      variants=["gguf-q4_0", "features"], threads=(1,), repeat=1, timing_pairs=TIMING_PAIRS,
+                      latency_pairs=LATENCY_PAIRS, cascade=features)
+    rows = {r["variant"]: r for r in run_bench(cfg, log=lambda _: None)["results"]}
+    assert set(rows) == {"gguf-q4_0+cascade", "features"}
+
+    cascade = load_cascade(features)
+    ps = load_pair_set(data_dir / "walmart_amazon")
+    pairs = ps.split("test").head(LIMIT)
+    p_feat = cascade.matcher.predict(PairFeaturizer(ps.a.records, ps.b.records).features(pairs.a_ids, pairs.b_ids))
+    np.testing.assert_allclose(rows["features"]["scores"], p_feat, atol=1e-9)
+    assert rows["features"]["llm_share"] == 0
+    scorer = load_scorer(export_dir / "gguf" / "model-q4_0.gguf", threads=1)
+    texts = serialize_pairs(ps, pairs, 64)
+    llm = scorer.score(texts) if cascade.settings.orders == 1 else combine(scorer.score(texts),
+                                                                          scorer.score(swapped(texts)))
+    scorer.close()
+    unsure = cascade.to_llm(p_feat)
+    assert rows["gguf-q4_0+cascade"]["llm_share"] == pytest.approx(unsure.mean())
+    expected = np.where(unsure, cascade.fuse(p_feat, llm), p_feat)
+    np.testing.assert_allclose(rows["gguf-q4_0+cascade"]["scores"], expected, atol=2e-3)
 
 
 def test_variant_selection_and_cost():

@@ -63,7 +63,7 @@ def test_eval_with_scores_dir_resumes_a_cut_run(data_dir, base_gguf, tmp_path):
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     before, after = json.loads(first.stdout.splitlines()[0]), json.loads(again.stdout.splitlines()[0])
-    assert after["resumed_pairs"] == 4 and after["scored_pairs"] == 8
+    assert after["resumed_scorings"] == 4 and after["scorings"] == 8
     for key in ("threshold", "tp", "fp", "fn", "tn"):
         assert after[key] == before[key]
     # tuning_f1 is the F1 of the stored valid scores at the tuned cut, and no cut among them does better
@@ -102,7 +102,7 @@ def test_scores_dir_survives_a_threshold_stamped_into_the_model(data_dir, base_g
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
     row = json.loads(again.stdout.splitlines()[0])
-    assert row["resumed_pairs"] == 4 and row["scored_pairs"] == 0 and row["threshold"] == pytest.approx(0.3)
+    assert row["resumed_scorings"] == 4 and row["scorings"] == 0 and row["threshold"] == pytest.approx(0.3)
 
 
 def test_average_precision_is_threshold_free():

@@ -42,7 +42,7 @@ def test_eval_both_orders_keeps_each_order_and_reuses_them(data_dir, base_gguf, 
     both = CliRunner().invoke(main, [*args, "--both-orders"])
     assert both.exit_code == 0, both.output
     row = json.loads(both.stdout.splitlines()[0])
-    assert row["orders"] == 2 and row["resumed_pairs"] == 8 and row["scored_pairs"] == 8  # A/B reused, B/A new
+    assert row["orders"] == 2 and row["resumed_scorings"] == 8 and row["scorings"] == 8  # A/B reused, B/A new
     stored = {}
     for order in ("", "-ba"):
         rows = map(json.loads, (tmp_path / f"abt_buy-test-0-8{order}.jsonl").read_text().splitlines())
@@ -54,4 +54,4 @@ def test_eval_both_orders_keeps_each_order_and_reuses_them(data_dir, base_gguf, 
     labels = np.asarray(pairs.labels).astype(bool)
     assert row["tp"] == int(np.sum(predicted & labels)) and row["fp"] == int(np.sum(predicted & ~labels))
     again = CliRunner().invoke(main, [*args, "--both-orders"])
-    assert json.loads(again.stdout.splitlines()[0])["scored_pairs"] == 0
+    assert json.loads(again.stdout.splitlines()[0])["scorings"] == 0

@@ -42,25 +42,38 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--both-orders/--one-order", default=True, show_default=True,
               help="Score each pair as A/B and B/A, as `epm-edge match` does by default (pairs/s and latency "
                    "count the two scorings as one pair), or as A/B only.")
+@click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|DIR",
+              help="auto: when the export holds a feature stage (features/), every model variant runs inside "
+                   "its cascade (and the feature matcher alone is a variant); off: the LLM scores every pair.")
 @click.option("--usd-per-core-hour", type=float, default=None,
               help="Your price of one CPU core for an hour; adds cost per 1M pairs (no built-in prices).")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
 @click.option("--fresh", is_flag=True, help="Re-measure variants already measured in OUT/raw with the same settings.")
 def bench(model, data, split, limit, variants, threads, batch_size, repeat, timing_pairs, latency_pairs,
-          record_tokens, both_orders, usd_per_core_hour, out, fresh):
+          record_tokens, both_orders, cascade_mode, usd_per_core_hour, out, fresh):
     """Accuracy, throughput, latency, memory and cost of every exported variant, as a report."""
     from epm_edge.bench.report import dataset_tables, write_report
     from epm_edge.bench.run import BenchConfig, run_bench
     from epm_edge.console import err
     from epm_edge.model_store import default_model
 
-    cfg = BenchConfig(model=model or default_model(), data_dirs=[Path(d.strip()) for d in data.split(",") if d.strip()],
+    model = model or default_model()
+    cascade = None
+    if cascade_mode != "off":
+        from epm_edge.features.cascade import cascade_dir
+
+        cascade = cascade_dir(model) if cascade_mode == "auto" else Path(cascade_mode)
+        if cascade is not None:
+            from epm_edge.features.cascade import load_cascade
+
+            load_cascade(cascade)  # a broken feature stage fails here, before any measuring
+    cfg = BenchConfig(model=model, data_dirs=[Path(d.strip()) for d in data.split(",") if d.strip()],
                       out=out, split=split, limit=limit,
                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
                       threads=threads, batch_size=batch_size, repeat=repeat, timing_pairs=timing_pairs,
                       latency_pairs=latency_pairs,
                       record_tokens=record_tokens, both_orders=both_orders, usd_per_core_hour=usd_per_core_hour,
-                      fresh=fresh)
+                      fresh=fresh, cascade=cascade)
     report = run_bench(cfg, log=err.print)
     # The exact command goes into the report, so it can be reproduced (only when run as `epm-edge`).
     command = shlex.join(["epm-edge", *sys.argv[1:]]) if Path(sys.argv[0]).name == "epm-edge" else None

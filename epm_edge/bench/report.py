@@ -8,7 +8,7 @@ from pathlib import Path
 
 from epm_edge.bench.plots import PLOTS, write_plots
 
-COLUMNS = ("variant", "runtime", "threads", "threshold", "P", "R", "F1", "pairs/s", "prompt tok/s",
+COLUMNS = ("variant", "runtime", "threads", "threshold", "P", "R", "F1", "LLM share", "pairs/s", "prompt tok/s",
            "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "size MB", "load s")
 COST_COLUMN = "USD / 1M pairs"
 
@@ -28,7 +28,8 @@ def _pm(stat: dict | None) -> str:
 def table_cells(r: dict, with_cost: bool) -> list[str]:
     lat = r["latency_ms"]
     cells = [r["variant"], r["runtime"], str(r["threads"]), f"{r['threshold']:.3f}", f"{r['precision']:.3f}",
-             f"{r['recall']:.3f}", f"**{r['f1']:.3f}**", _pm(r["pairs_per_s"]), _pm(r["prompt_tokens_per_s"]),
+             f"{r['recall']:.3f}", f"**{r['f1']:.3f}**", f"{r.get('llm_share', 1.0):.0%}", _pm(r["pairs_per_s"]),
+             _pm(r["prompt_tokens_per_s"]),
              num(lat["p50"]), num(lat["p90"]), num(lat["p99"]), num(r["peak_rss_bytes"] / 1e6),
              num(r["size_bytes"] / 1e6), num(r["load_seconds"])]
     return cells + ([num(r["usd_per_million_pairs"])] if with_cost else [])
@@ -61,6 +62,8 @@ def _header(report: dict, command: str | None) -> list[str]:
                      f"{s['repeat']} repetitions of {s['timing_pairs']} throughput pairs and "
                      f"{s['latency_pairs']} latency pairs, "
                      f"record tokens {s['record_tokens']}, prompt {s['prompt_version']}"),
+        ("cascade", f"model variants run inside the feature cascade of {s['cascade']} (`+cascade`; LLM share: "
+                    "the pairs it sent to the LLM)" if s.get("cascade") else "off: the LLM scores every pair"),
         ("scoring", "both record orders, A/B and B/A combined, as `epm-edge match` by default (a pair is "
                     "two scorings, counted once)" if s.get("both_orders") else "one record order (A/B)"),
     ]

@@ -36,6 +36,7 @@ class BenchConfig:
     usd_per_core_hour: float | None = None
     both_orders: bool = True  # as `epm-edge match` scores by default: A/B and B/A, combined
     fresh: bool = False  # re-measure even where out/raw/ holds a result of the same spec
+    cascade: Path | None = None  # a features dir: every model variant runs inside this cascade
 
 
 def prompt_tokens_per_pair(gguf: Path, texts: list[tuple[str, str]]) -> float:
@@ -107,6 +108,7 @@ def _variant_rows(v: Variant, cfg: BenchConfig, datasets: list[dict], raw_dir: P
         key = f"{v.name}@{threads}"
         log(f"{key}: measuring")
         spec = {"result_version": worker.RESULT_VERSION, "variant": v.as_dict(), "threads": threads, "batch_size": cfg.batch_size,
+                "cascade": str(cfg.cascade) if cfg.cascade and v.runtime not in ("tfidf", "features") else None,
                 "repeat": cfg.repeat, "timing_pairs": cfg.timing_pairs, "latency_pairs": cfg.latency_pairs,
                 "record_tokens": cfg.record_tokens, "both_orders": cfg.both_orders,
                 "datasets": [{k: d[k] for k in ("name", "dir", "split", "limit")} for d in datasets]}
@@ -125,9 +127,10 @@ def _variant_rows(v: Variant, cfg: BenchConfig, datasets: list[dict], raw_dir: P
                   "reused": raw.get("reused", False)}
         for d in datasets:
             r = raw["datasets"][d["name"]]
-            tokens = None if v.runtime == "tfidf" else d["tokens_per_pair"]
+            # the prompts a pair costs on average: none for the baselines, the LLM's share in a cascade
+            tokens = None if v.runtime in ("tfidf", "features") else d["tokens_per_pair"] * r["llm_share"]
             fig = figures.row(r, d["valid"].labels, d["test"].labels, tokens, threads, cfg.usd_per_core_hour)
-            rows.append({**common, "dataset": d["name"], **fig, "scores": r["scores"]})
+            rows.append({**common, "dataset": d["name"], **fig, "llm_share": r["llm_share"], "scores": r["scores"]})
             log(f"{key} {d['name']}: F1 {fig['f1']:.3f}, {fig['pairs_per_s']['mean']:.1f} pairs/s")
     return rows
 
@@ -138,6 +141,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     found = discover(cfg.model)
     chosen = select(found, cfg.variants)
+    if cfg.cascade:  # the model variants run inside the cascade: named so, and measured apart from LLM-only runs
+        chosen = [v if v.runtime in ("tfidf", "features") else replace(v, name=f"{v.name}+cascade") for v in chosen]
     sets = [load_pair_set(d) for d in cfg.data_dirs]  # bad data fails here, before any measuring
     gguf = _tokenizer_gguf(found)
     datasets = []
@@ -158,6 +163,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
                 "limit": cfg.limit, "variants": [v.name for v in chosen], "threads": list(cfg.threads),
                 "batch_size": cfg.batch_size, "repeat": cfg.repeat, "timing_pairs": cfg.timing_pairs,
                 "latency_pairs": cfg.latency_pairs, "both_orders": cfg.both_orders,
+                "cascade": str(cfg.cascade) if cfg.cascade else None,
                 "record_tokens": cfg.record_tokens, "usd_per_core_hour": cfg.usd_per_core_hour,
                 "prompt_version": prompt.PROMPT_VERSION, "tokenizer": str(gguf)}
     return {"schema": 1, "host": facts, "settings": settings, "results": rows,

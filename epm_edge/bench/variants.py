@@ -16,7 +16,7 @@ from epm_edge.errors import EpmError, ModelError
 @dataclass
 class Variant:
     name: str  # e.g. gguf-q4_k_m, onnx-int8, hf-fp32, bnb-nf4, tfidf
-    runtime: str  # llamacpp | onnx | transformers | tfidf
+    runtime: str  # llamacpp | onnx | transformers | features (the feature matcher alone) | tfidf
     path: str | None = None
     options: dict = field(default_factory=dict)  # runtime-specific, e.g. {"bnb": "nf4"}
 
@@ -86,6 +86,9 @@ def discover(model: str | Path) -> list[Variant]:
         if not found:
             raise ModelError(f"{root}: no merged/, onnx/<variant>/ or gguf/*.gguf inside; "
                              "pass the output dir of `epm-edge export`")
+    features = root / "features"  # an export of an adapter with a feature stage: its matcher alone
+    if (features / "matcher.txt").exists():
+        found.append(Variant("features", "features", str(features)))
     return found + [Variant("tfidf", "tfidf")]
 
 

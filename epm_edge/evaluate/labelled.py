@@ -11,6 +11,7 @@ of an earlier run are reused.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,56 +23,85 @@ from epm_edge.match.output import ResultWriter
 from epm_edge.runtime.orders import combine, stored_threshold, swapped
 
 
+def llm_scores(scorer, ps, pairs, split_name: str, first: int, *, swap: bool, record_tokens: int = 64,
+               batch_size: int = 32, bar=None, scores_dir: Path | None = None, settings: dict | None = None,
+               note: str = "", only: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(scores of `pairs` in one record order, pairs scored now), reusing the scores already stored in
+    `scores_dir`. `only`: indices of the pairs wanted (the rest are neither scored nor returned)."""
+    keys = list(zip(pairs.a_ids, pairs.b_ids))
+    wanted = np.arange(len(keys)) if only is None else np.asarray(only, dtype=np.int64)
+    store = None
+    if scores_dir:
+        name = f"{ps.name}-{split_name}-{first}-{len(pairs)}{'-ba' if swap else ''}.jsonl"
+        store = ResultWriter(Path(scores_dir) / name, {**(settings or {}), "record_tokens": record_tokens},
+                             restart_hint="remove it or choose another --scores dir")
+    done = store.done if store else {}
+    todo = [int(i) for i in wanted if keys[i] not in done]
+    label = f"{ps.name}/{split_name}{note}{' B/A' if swap else ''}"
+    task = bar.add_task(label, total=len(wanted), completed=len(wanted) - len(todo)) if bar else None
+
+    def keep(lo: int, new: np.ndarray) -> None:
+        store.write([{"a_id": keys[i][0], "b_id": keys[i][1], "score": float(s)}
+                     for i, s in zip(todo[lo:lo + len(new)], new)])
+
+    texts = serialize_pairs(ps, pairs, record_tokens)
+    texts = swapped(texts) if swap else texts
+    try:
+        new, _ = score_texts(scorer, [texts[i] for i in todo], batch_size,
+                             on_batch=(lambda n: bar.advance(task, n)) if bar else None,
+                             on_scores=keep if store else None)
+    finally:
+        if store:
+            store.close()
+    scores = np.array([done.get(keys[i], np.nan) for i in wanted])
+    scores[np.searchsorted(wanted, todo)] = new
+    return scores, len(todo)
+
+
 def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None, skip: int = 0,
                  threshold: float | None = None, tune_split: str | None = None, tune_limit: int | None = None,
                  record_tokens: int = 64, batch_size: int = 32, bar=None, scores_dir: Path | None = None,
-                 settings: dict | None = None, both_orders: bool = False) -> tuple[dict, tuple | None]:
+                 settings: dict | None = None, both_orders: bool = False, cascade=None,
+                 matcher=None) -> tuple[dict, tuple | None]:
     """(metrics of `scorer` on one split, (labels, scores) of the tuning pairs or None).
 
     The threshold is the one given, else tuned on `tune_split`, else stored with the model, else 0.5.
     `settings` (model, backend) are stored beside the scores: a run with other settings will not reuse them.
     `both_orders`: each pair's score combines its A/B and B/A scores (runtime/orders.py).
+    `cascade` (features/cascade.py): the feature matcher settles the pairs it is sure of and is fused
+    with the LLM on the rest, scored in the cascade's own number of orders. `matcher` alone (no
+    scorer): the feature matcher's probabilities, the LLM-free baseline.
     """
     ps = load_pair_set(data_dir)
-    settings = {**(settings or {}), "data": str(Path(data_dir).resolve()), "record_tokens": record_tokens}
+    settings = {**(settings or {}), "data": str(Path(data_dir).resolve())}
+    featurizer = None
+    if cascade or matcher:
+        from epm_edge.features.pairs import PairFeaturizer
 
-    def score_order(pairs, split_name: str, first: int, note: str, swap: bool) -> tuple[np.ndarray, float, int]:
-        """(scores of `pairs` in one order, seconds spent, pairs scored now), reusing the scores already stored."""
-        keys = list(zip(pairs.a_ids, pairs.b_ids))
-        store = None
-        if scores_dir:
-            name = f"{ps.name}-{split_name}-{first}-{len(pairs)}{'-ba' if swap else ''}.jsonl"
-            store = ResultWriter(Path(scores_dir) / name, settings,
-                                 restart_hint="remove it or choose another --scores dir")
-        done = store.done if store else {}
-        todo = [i for i, k in enumerate(keys) if k not in done]
-        label = f"{ps.name}/{split_name}{note}{' B/A' if swap else ''}"
-        task = bar.add_task(label, total=len(keys), completed=len(keys) - len(todo)) \
-            if bar else None
+        featurizer = PairFeaturizer(ps.a.records, ps.b.records)
+        matcher = matcher or cascade.matcher
+        both_orders = cascade.settings.orders == 2 if cascade else both_orders
 
-        def keep(lo: int, new: np.ndarray) -> None:
-            store.write([{"a_id": keys[i][0], "b_id": keys[i][1], "score": float(s)}
-                         for i, s in zip(todo[lo:lo + len(new)], new)])
-
-        texts = serialize_pairs(ps, pairs, record_tokens)
-        texts = swapped(texts) if swap else texts
-        try:
-            new, seconds = score_texts(scorer, [texts[i] for i in todo], batch_size,
-                                       on_batch=(lambda n: bar.advance(task, n)) if bar else None,
-                                       on_scores=keep if store else None)
-        finally:
-            if store:
-                store.close()
-        scores = np.array([done.get(k, np.nan) for k in keys])
-        scores[todo] = new
-        return scores, seconds, len(todo)
-
-    def score(pairs, split_name: str, first: int, note: str = "") -> tuple[np.ndarray, float, int]:
-        ab = score_order(pairs, split_name, first, note, swap=False)
-        if not both_orders:
-            return ab
-        ba = score_order(pairs, split_name, first, note, swap=True)
-        return combine(ab[0], ba[0]), ab[1] + ba[1], ab[2] + ba[2]
+    def score(pairs, split_name: str, first: int, note: str = "") -> tuple[np.ndarray, int, int]:
+        """(scores, LLM scorings made now, pairs sent to the LLM)."""
+        if featurizer is None:
+            wanted = None
+        else:
+            p_feat = matcher.predict(featurizer.features(pairs.a_ids, pairs.b_ids))
+            if cascade is None:
+                return p_feat, 0, 0
+            wanted = np.flatnonzero(cascade.to_llm(p_feat))
+            note += f" (LLM {len(wanted) / max(len(pairs), 1):.0%} of {len(pairs)})"
+        kw = dict(record_tokens=record_tokens, batch_size=batch_size, bar=bar, scores_dir=scores_dir,
+                  settings=settings, note=note, only=wanted)
+        ab, n = llm_scores(scorer, ps, pairs, split_name, first, swap=False, **kw)
+        if both_orders:
+            ba, n_ba = llm_scores(scorer, ps, pairs, split_name, first, swap=True, **kw)
+            ab, n = combine(ab, ba), n + n_ba
+        if featurizer is None:
+            return ab, n, len(pairs)
+        p_feat[wanted] = cascade.fuse(p_feat[wanted], ab)
+        return p_feat, n, len(wanted)
 
     tuned_on = tuning = tuning_f1 = None
     if tune_split:
@@ -82,17 +112,21 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
         tuning_f1 = compute_metrics(tune.labels, scores, threshold).f1
         tuning = (tune.labels, scores)
     elif threshold is None:
-        stored = stored_threshold(scorer, both_orders)
+        stored = cascade.settings.threshold if cascade else matcher.info.get("threshold") if matcher \
+            else stored_threshold(scorer, both_orders)
         threshold = stored if stored is not None else 0.5
     pairs = ps.split(split).head(limit, skip)
-    scores, seconds, scored = score(pairs, split, skip)
+    start = time.perf_counter()
+    scores, scored, to_llm = score(pairs, split, skip)
+    seconds = time.perf_counter() - start
     m = compute_metrics(pairs.labels, scores, threshold)
-    orders = 2 if both_orders else 1  # scored_pairs, resumed_pairs and pairs_per_second count scorings
+    orders = 0 if scorer is None else 2 if both_orders else 1
     return ({"data": str(data_dir), "split": split, "orders": orders, "skipped": skip,
              "threshold_tuned_on": tuned_on, "tuning_f1": tuning_f1, **m.as_dict(),
              "average_precision": average_precision(pairs.labels, scores), "seconds": seconds,
-             "scored_pairs": scored, "resumed_pairs": len(pairs) * orders - scored,
-             "pairs_per_second": scored / seconds if scored else 0.0}, tuning)
+             "llm_share": to_llm / len(pairs), "scorings": scored,
+             "resumed_scorings": to_llm * orders - scored,
+             "pairs_per_second": len(pairs) / seconds if seconds else 0.0}, tuning)
 
 
 def pooled_threshold(tunings: list[tuple]) -> tuple[float, int]:

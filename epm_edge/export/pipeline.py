@@ -16,6 +16,7 @@ from epm_edge import __version__
 from epm_edge.console import err
 from epm_edge.errors import EpmError
 from epm_edge.export.adapter_gguf import gguf_metadata
+from epm_edge.features.cascade import FEATURES_DIR
 from epm_edge.export.recipe import Recipe, VariantSpec
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
@@ -81,6 +82,8 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
             for spec in onnx_specs:
                 write_sidecar(variant_path(tmp, spec), {**meta, "quant": spec.quant})
         (tmp / RECIPE_COPY).write_text(recipe.text)
+        if adapter and (Path(adapter) / FEATURES_DIR).is_dir():  # the cascade travels with its LLM
+            shutil.copytree(Path(adapter) / FEATURES_DIR, tmp / FEATURES_DIR)
         report = verify_export(tmp, recipe, data=data or _trained_data(trained), split=split, limit=limit,
                                threads=threads, log=log)
         if out.exists():

@@ -25,11 +25,12 @@ def _is_jsonl(path: Path) -> bool:
 
 class ResultWriter:
     def __init__(self, path: Path, settings: dict, explain: bool = False, force: bool = False,
-                 restart_hint: str = "pass --force to start over or choose another -o"):
+                 restart_hint: str = "pass --force to start over or choose another -o", stage: bool = False):
         self.path = Path(path)
         self.restart_hint = restart_hint
         self.jsonl = _is_jsonl(self.path)
-        self.fields = FIELDS + (("explanation",) if explain else ())
+        # `stage`: which part of a cascade decided the row (features or llm)
+        self.fields = FIELDS + (("stage",) if stage else ()) + (("explanation",) if explain else ())
         self.sidecar = self.path.with_name(self.path.name + ".run.json")
         self.done: dict[tuple[str, str], float] = {}  # pairs already in the file -> their score
         if force:

@@ -28,7 +28,7 @@ def metrics_table(results: list[dict]) -> Table:
     """One row per evaluated set, and the mean F1 and AP (average precision) when there are several."""
     first = results[0]
     table = Table(title=f"{first['split']} split  ({first['backend']}: {first['model']})")
-    for col in ("set", "pairs", "threshold", "precision", "recall", "F1", "AP", "accuracy", "pairs/s"):
+    for col in ("set", "pairs", "threshold", "precision", "recall", "F1", "AP", "accuracy", "LLM share", "pairs/s"):
         table.add_column(col, justify="right")
     for r in results:
         thr = f"{r['threshold']:.3f}"
@@ -36,11 +36,11 @@ def metrics_table(results: list[dict]) -> Table:
             thr += f" ({r['threshold_tuned_on']}, F1 {r['tuning_f1']:.3f})"
         table.add_row(Path(r["data"]).name, str(r["n_pairs"]), thr, f"{r['precision']:.3f}", f"{r['recall']:.3f}",
                       f"[bold]{r['f1']:.3f}[/]", _ap(r["average_precision"]), f"{r['accuracy']:.3f}",
-                      f"{r['pairs_per_second']:.1f}")
+                      f"{r['llm_share']:.0%}", f"{r['pairs_per_second']:.1f}")
     if len(results) > 1:
         aps = [r["average_precision"] for r in results]
         table.add_row("mean", "", "", "", "", f"[bold]{sum(r['f1'] for r in results) / len(results):.3f}[/]",
-                      _ap(None if None in aps else sum(aps) / len(aps)), "", "")
+                      _ap(None if None in aps else sum(aps) / len(aps)), "", "", "")
     return table
 
 

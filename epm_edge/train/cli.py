@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from epm_edge.model_store import ADAPTER_QUANTS
+
 
 def _dirs(value: str) -> list[Path]:
     return [Path(d.strip()) for d in value.split(",") if d.strip()]
@@ -139,3 +141,69 @@ def extrapolate(sft_dir, rl_dir, alpha, out):
     record = run(sft_dir, rl_dir, alpha, out)
     click.echo(f"adapter: {out} (rank {record['rank']}; largest share dropped by the rank cut "
                f"{record['svd_dropped_max']:.2%})")
+
+
+def _adapter_or_default(model: Path | None) -> Path:
+    from epm_edge.errors import ModelError
+    from epm_edge.model_store import shipped_adapter
+
+    adapter = model or shipped_adapter()
+    if adapter is None or not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelError(f"{adapter}: not a trained adapter dir (the feature stage is stored inside one)")
+    return Path(adapter)
+
+
+@train.command()
+@click.option("--data", required=True, help="Benchmark dir(s), comma-separated (DeepMatcher layout).")
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The adapter dir whose features/ dir gets the matcher [default: models/epm-smollm2-135m].")
+def features(data, model):
+    """The feature matcher (LightGBM on pair features) on the train splits, early-stopped on valid."""
+    from epm_edge.console import err
+    from epm_edge.features.cascade import FEATURES_DIR
+    from epm_edge.train.features import train_feature_matcher
+
+    out = _adapter_or_default(model) / FEATURES_DIR
+    matcher = train_feature_matcher(_dirs(data), out, log=err.print)
+    for name, fig in matcher.info["valid"].items():
+        err.print(f"valid {name}: {fig['pairs']} pairs, AP {fig['average_precision']:.3f}, "
+                  f"best F1 {fig['best_f1']:.3f}")
+    click.echo(f"feature matcher: {out} ({matcher.info['rounds']} trees)")
+
+
+@train.command()
+@click.option("--data", required=True, help="Benchmark dir(s) whose valid splits fit the cascade, comma-separated.")
+@click.option("--model", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="The adapter dir with a trained features/ dir [default: models/epm-smollm2-135m].")
+@click.option("--quant", type=click.Choice(ADAPTER_QUANTS), default=None,
+              help="GGUF type the LLM runs as while fitting [default: as match picks it on this host].")
+@click.option("--scores", "scores_dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the LLM's valid scores here (eval's format); a rerun scores only what is missing.")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Fit on the first N valid pairs of each set (default: all).")
+@click.option("--budget", type=click.FloatRange(0, 0.5), default=0.005, show_default=True,
+              help="Share of valid pairs whose routed decision may differ from the LLM-only decision.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+def cascade(data, model, quant, scores_dir, limit, budget, threads, batch_size):
+    """Routing cuts and LLM fusion of the feature matcher, fitted on the valid splits."""
+    from epm_edge.console import err, progress_bar
+    from epm_edge.model_store import model_identity
+    from epm_edge.runtime import load_scorer
+    from epm_edge.train.features import fit_cascade_on_valid
+
+    adapter = _adapter_or_default(model)
+    scorer = load_scorer(adapter, threads=threads, batch_size=batch_size, quant=quant)
+    settings = {"model": model_identity(scorer.path), "backend": scorer.name}
+    try:
+        with progress_bar() as bar:
+            s, path = fit_cascade_on_valid(scorer, adapter, _dirs(data), scores_dir, settings, budget=budget,
+                                           limit=limit, batch_size=batch_size, bar=bar)
+    finally:
+        scorer.close()
+    f = s.fitted_on
+    err.print(f"cuts: feature P < {s.low:.4f} no, >= {s.high:.4f} yes; LLM share {f['llm_share']:.1%} of "
+              f"{f['pairs']} valid pairs, {f['disagreements']} routed decisions differ from the LLM's")
+    err.print("mean per-set best F1 on valid: LLM only {llm_only:.3f}, cascade one order {one_order:.3f}, "
+              "both orders {both_orders:.3f}".format(**f["mean_set_f1"]))
+    click.echo(f"cascade: {path} ({s.orders} order{'s' if s.orders == 2 else ''}, threshold {s.threshold:.4f})")
