@@ -1,11 +1,10 @@
-"""Catalog benchmark: `epm-edge match` of a benchmark's whole tableA against its tableB, end to end
-(blocking, pair features, LLM, output), with the cascade on and off.
+"""Catalog benchmark: `epm-edge match` of a benchmark's tableA against its whole tableB, end to end
+(blocking, pair features, LLM, output), with the cascade on and with `--cascade off`.
 
-Reported per run: candidate pairs, wall time of the whole command (model load and blocking
-included), candidate pairs per second, the share of pairs the LLM scored, matches, and the recall of
-the labelled positives of all splits among the output matches. The LLM-only run scores every pair
-twice (both record orders), which takes hours for a whole catalog on 2 cores, so both modes are
-also run on the first `--sample` A records: that pair of runs is the like-for-like comparison.
+Reported per run: candidate pairs, wall time of the whole command (model load, blocking and pair
+features included), candidate pairs per second, the share of pairs the LLM scored, and the recall of
+the labelled positives of all splits among the output matches. `--a-records N` matches the first N
+records of tableA only (default: all): LLM-only scoring of a whole catalog takes hours on 2 cores.
 
     python bench/catalog_match.py --data ../shared/data/abt_buy --out bench/reports/catalog-abt_buy
 """
@@ -15,14 +14,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from epm_edge.bench.hostinfo import host_facts
 from epm_edge.data import load_pair_set
 
 
@@ -49,7 +47,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/abt_buy"))
     ap.add_argument("--top-k", type=int, default=20)
-    ap.add_argument("--sample", type=int, default=100, help="A records of the like-for-like on/off comparison.")
+    ap.add_argument("--a-records", type=int, default=None, help="Match the first N records of tableA (default: all).")
     ap.add_argument("--model", default=None, help="As for match (default: the shipped model).")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -58,38 +56,41 @@ def main(argv=None) -> None:
     positives = ps.positives()
     raw = args.out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
-    sample_a = raw / "tableA-sample.csv"
-    with open(args.data / "tableA.csv", encoding="utf-8", newline="") as src, \
-            open(sample_a, "w", encoding="utf-8", newline="") as dst:
-        reader = csv.reader(src)
-        writer = csv.writer(dst)
-        writer.writerow(next(reader))
-        for _, row in zip(range(args.sample), reader):
-            writer.writerow(row)
-    sample_ids = set(list(ps.a.records)[:args.sample])
-    sample_pos = {p for p in positives if p[0] in sample_ids}
+    table_a = args.data / "tableA.csv"
+    if args.a_records:
+        table_a = raw / "tableA-head.csv"
+        with open(args.data / "tableA.csv", encoding="utf-8", newline="") as src, \
+                open(table_a, "w", encoding="utf-8", newline="") as dst:
+            reader, writer = csv.reader(src), csv.writer(dst)
+            writer.writerow(next(reader))
+            for _, row in zip(range(args.a_records), reader):
+                writer.writerow(row)
+    kept = set(list(ps.a.records)[:args.a_records])
+    positives = {p for p in positives if p[0] in kept}
 
     runs = []
-    for name, table_a, cascade, pos in (("whole catalog, cascade", args.data / "tableA.csv", "auto", positives),
-                                        (f"first {args.sample} A records, cascade", sample_a, "auto", sample_pos),
-                                        (f"first {args.sample} A records, LLM only", sample_a, "off", sample_pos)):
+    for cascade in ("auto", "off"):
+        name = "cascade" if cascade == "auto" else "LLM only"
         print(f"{name} ...", file=sys.stderr, flush=True)
-        r = run_match(table_a, args.data / "tableB.csv", raw / f"{len(runs)}.csv", args.top_k, cascade, args.model)
-        r.update(name=name, positives=len(pos), recall=recall(r.pop("matches"), pos))
+        r = run_match(table_a, args.data / "tableB.csv", raw / f"{cascade}.csv", args.top_k, cascade, args.model)
+        r.update(name=name, positives=len(positives), recall=recall(r.pop("matches"), positives))
         print(f"  {r['candidates']} pairs in {r['seconds']:.0f}s, {r['pairs_per_second']:.1f} pairs/s, "
               f"LLM share {r['llm_share']:.1%}, recall {r['recall']:.3f}", file=sys.stderr, flush=True)
         runs.append(r)
 
-    report = {"data": str(args.data), "records": [len(ps.a), len(ps.b)], "top_k": args.top_k,
-              "host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+    host = host_facts()
+    report = {"data": str(args.data), "records": [len(kept), len(ps.b)], "top_k": args.top_k,
+              "host": {k: host[k] for k in ("cpu", "cpu_features", "logical_cores", "llama_cpp_features")},
               "runs": runs}
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Catalog benchmark: {args.data.name}, whole tableA against tableB", "",
-             f"Command: `python bench/catalog_match.py --data {args.data} --top-k {args.top_k} --sample {args.sample}"
-             f" --out {args.out}`; {os.cpu_count()} cores. Each run is one `epm-edge match` process; its wall time "
-             "includes model load, blocking and pair features. Recall: labelled positives of all splits "
-             "(train, valid, test) whose A record was matched to the right B record, over those whose A record "
-             "was in the run.", "",
+    a_desc = f"the first {len(kept):,} of {len(ps.a):,} tableA records" if args.a_records else "the whole tableA"
+    lines = [f"# Catalog benchmark: {args.data.name}, {a_desc} against tableB ({len(ps.b):,} records)", "",
+             f"Command: `python bench/catalog_match.py --data {args.data} --top-k {args.top_k}"
+             + (f" --a-records {args.a_records}" if args.a_records else "") + f" --out {args.out}`; "
+             f"{host['logical_cores']} cores, {host['cpu']} ({' '.join(host['cpu_features'])}). Each run is one `epm-edge match` process with the "
+             "default model; its wall time includes model load, blocking and pair features. Recall: the labelled "
+             "positives of all splits (train, valid, test) among the output matches, over those whose A record "
+             "was matched.", "",
              "| run | candidate pairs | wall s | pairs/s | LLM share | positives | recall |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['candidates']:,} | {r['seconds']:.0f} | {r['pairs_per_second']:.1f} | "

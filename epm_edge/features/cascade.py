@@ -7,9 +7,11 @@ LLM-only decisions on at most `budget` (0.5 %) of the valid pairs.
 
 Fusion: for the pairs the LLM scores, P(match) = sigmoid(b + w_llm * logit(P_llm) + w_feat *
 logit(P_feat)), a logistic regression fitted on the valid pairs between the cuts. P_llm is the
-one-order score or the both-orders one (mean log-odds); which of the two is used is measured on
-valid and stored (`orders`). Every decision is then `score >= threshold`, the fused cut tuned on
-valid. Everything here is fitted on valid pairs; test is never seen.
+one-order score or the both-orders one (mean log-odds). Which of the two, and whether the fitted
+fusion or the LLM's own score (b = 0, w_llm = 1, w_feat = 0) is used, is measured on valid and
+stored (`fit_cascade`). Every decision is then `score >= threshold`: the LLM's own cut where the LLM's
+score is kept, else the cut tuned on valid.
+Everything here is fitted on valid pairs; test is never seen.
 """
 
 from __future__ import annotations
@@ -22,14 +24,16 @@ import numpy as np
 
 from epm_edge.errors import ModelError
 from epm_edge.evaluate.metrics import best_threshold, compute_metrics
-from epm_edge.features.matcher import MODEL_FILE as MODEL_FILE_NAME, FeatureMatcher, load_matcher
+from epm_edge.features.matcher import MODEL_FILE, FeatureMatcher, load_matcher, read_json
 
 CASCADE_FILE = "cascade.json"
 FEATURES_DIR = "features"  # inside an adapter dir
 VERSION = 1
 _EPS = 1e-6
-# One order is kept unless both orders lift the fused valid F1 (mean over sets) by more than this.
+# One order is kept unless both orders lift the valid F1 (mean over sets) by more than this.
 ORDERS_TOLERANCE = 0.005
+# A way of scoring may lose at most this much F1 on any one set against LLM-only.
+SET_TOLERANCE = 0.005
 
 
 def logit(p) -> np.ndarray:
@@ -97,14 +101,7 @@ def cascade_dir(model_path: Path) -> Path | None:
 def load_cascade(directory: str | Path) -> Cascade:
     directory = Path(directory)
     path = directory / CASCADE_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing (fit it with `epm-edge train cascade`)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: expected a JSON object")
+    data = read_json(path, "fit it with `epm-edge train cascade`")
     return Cascade(load_matcher(directory), CascadeSettings.from_json(data, path), directory)
 
 
@@ -147,43 +144,60 @@ def _fit_fusion(p_feat: np.ndarray, p_llm: np.ndarray, labels: np.ndarray) -> tu
     return float(lr.intercept_[0]), float(lr.coef_[0][0]), float(lr.coef_[0][1])
 
 
-def _mean_set_f1(labels: np.ndarray, scores: np.ndarray, sets: np.ndarray) -> float:
-    """Mean over sets of each set's best-cut F1 (as eval --tune-split picks a cut per set)."""
-    f1s = [compute_metrics(labels[sets == s], scores[sets == s],
-                           best_threshold(labels[sets == s], scores[sets == s])).f1 for s in np.unique(sets)]
-    return float(np.mean(f1s))
+def _set_f1(labels: np.ndarray, scores: np.ndarray, sets: np.ndarray) -> dict[str, float]:
+    """Each set's F1 at its own best cut (as eval --tune-split picks a cut per set)."""
+    return {str(s): compute_metrics(labels[sets == s], scores[sets == s],
+                                    best_threshold(labels[sets == s], scores[sets == s])).f1 for s in np.unique(sets)}
 
 
 def fit_cascade(p_feat: np.ndarray, ab: np.ndarray, ba: np.ndarray, labels: np.ndarray, sets: np.ndarray,
                 llm_cut: float, llm: dict, budget: float = 0.005) -> CascadeSettings:
     """Cuts, fusion, orders and threshold from valid pairs: the feature P, the LLM's A/B and B/A
-    scores, the labels, each pair's set name, and the LLM-only cut (both orders) they are held to."""
+    scores, the labels, each pair's set name, and the LLM-only cut (both orders) they are held to.
+
+    Four ways of scoring the pairs between the cuts are measured: one or both record orders, each
+    fused with the feature probability or taken as the LLM gives it (feature weight 0). Kept are
+    those whose F1 (each set at its best cut) is within SET_TOLERANCE of LLM-only on every set: a
+    cascade serves every domain, so a gain on one set must not be paid for by another; of those,
+    the best mean F1, one order unless both lift it by more than ORDERS_TOLERANCE."""
     from epm_edge.runtime.orders import combine
 
     labels = np.asarray(labels).astype(int)
     both = combine(ab, ba)
     low, high, disagree = routing_cuts(p_feat, both >= llm_cut, budget)
     band = (p_feat >= low) & (p_feat < high)
-    candidates = {}
+    llm_only = _set_f1(labels, both, sets)
+    candidates = []
     for orders, p_llm in ((1, np.asarray(ab, dtype=np.float64)), (2, both)):
-        coef = _fit_fusion(p_feat[band], p_llm[band], labels[band])
-        scores = np.asarray(p_feat, dtype=np.float64).copy()
-        scores[band] = fuse(coef, p_feat[band], p_llm[band])
-        candidates[orders] = (coef, scores, _mean_set_f1(labels, scores, sets))
-    orders = 2 if candidates[2][2] > candidates[1][2] + ORDERS_TOLERANCE else 1
-    coef, scores, _ = candidates[orders]
-    threshold = float(np.clip(best_threshold(labels, scores), low, high))
+        for fused in (True, False):
+            coef = _fit_fusion(p_feat[band], p_llm[band], labels[band]) if fused else (0.0, 1.0, 0.0)
+            scores = np.asarray(p_feat, dtype=np.float64).copy()
+            scores[band] = fuse(coef, p_feat[band], p_llm[band])
+            f1 = _set_f1(labels, scores, sets)
+            candidates.append({"orders": orders, "fused": fused, "coef": coef, "scores": scores, "set_f1": f1,
+                               "mean_f1": float(np.mean(list(f1.values()))),
+                               "holds": all(f1[s] >= llm_only[s] - SET_TOLERANCE for s in f1)})
+    pool = [c for c in candidates if c["holds"]] or candidates
+    best = max(c["mean_f1"] for c in pool)
+    chosen = min((c for c in pool if c["mean_f1"] >= best - ORDERS_TOLERANCE),
+                 key=lambda c: (c["orders"], -c["mean_f1"]))
+    # the LLM's own score between the cuts keeps the LLM's own cut (tuned on all its valid pairs), so
+    # there the cascade decides as LLM-only does; a fused score gets the best cut on these pairs
+    cut = best_threshold(labels, chosen["scores"]) if chosen["fused"] else llm_cut
+    threshold = float(np.clip(cut, low, high))
     per_set = {}
     for s in np.unique(sets):
         m = sets == s
         per_set[str(s)] = {"pairs": int(m.sum()), "llm_share": float(band[m].mean()),
-                           "disagreements": int(((both[m] >= llm_cut) != (scores[m] >= threshold))[~band[m]].sum())}
+                           "disagreements": int(((both[m] >= llm_cut) != (chosen["scores"][m] >= threshold))
+                                                [~band[m]].sum())}
     fitted_on = {"pairs": int(len(labels)), "budget": budget, "disagreements": disagree,
                  "llm_share": float(band.mean()), "llm_only_cut": float(llm_cut),
-                 "mean_set_f1": {"llm_only": _mean_set_f1(labels, both, sets),
-                                 "one_order": candidates[1][2], "both_orders": candidates[2][2]},
+                 "set_f1": {"llm_only": llm_only, **{
+                     f"{c['orders']}_order{'s' if c['orders'] == 2 else ''}_{'fused' if c['fused'] else 'llm'}":
+                         {**c["set_f1"], "holds": c["holds"]} for c in candidates}},
                  "per_set": per_set}
-    return CascadeSettings(low=low, high=high, orders=orders, coef=coef, threshold=threshold,
+    return CascadeSettings(low=low, high=high, orders=chosen["orders"], coef=chosen["coef"], threshold=threshold,
                            llm=llm, fitted_on=fitted_on)
 
 
@@ -219,5 +233,5 @@ def identity(stage: Cascade | FeatureMatcher) -> str:
     """What resumable outputs record of a feature stage: the digest of its files."""
     from epm_edge.model_store import sha256_file
 
-    files = [MODEL_FILE_NAME, CASCADE_FILE] if isinstance(stage, Cascade) else [MODEL_FILE_NAME]
+    files = [MODEL_FILE, CASCADE_FILE] if isinstance(stage, Cascade) else [MODEL_FILE]
     return "+".join(sha256_file(stage.path / f)[:16] for f in files)

@@ -27,11 +27,12 @@ PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_d
           "verbose": -1, "num_threads": 0, "deterministic": True, "seed": 1}
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, how_to_make: str) -> dict:
+    """A JSON object file of a feature stage; missing or broken is a ModelError naming it."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ModelError(f"{path}: missing (train it with `epm-edge train features`)") from None
+        raise ModelError(f"{path}: missing ({how_to_make})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(data, dict):
@@ -72,7 +73,7 @@ def load_matcher(directory: str | Path) -> FeatureMatcher:
     import lightgbm as lgb
 
     directory = Path(directory)
-    info = _read_json(directory / INFO_FILE)
+    info = read_json(directory / INFO_FILE, "train it with `epm-edge train features`")
     model_path = directory / MODEL_FILE
     if not model_path.is_file():
         raise ModelError(f"{model_path}: missing (train it with `epm-edge train features`)")

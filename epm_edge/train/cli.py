@@ -204,6 +204,10 @@ def cascade(data, model, quant, scores_dir, limit, budget, threads, batch_size):
     f = s.fitted_on
     err.print(f"cuts: feature P < {s.low:.4f} no, >= {s.high:.4f} yes; LLM share {f['llm_share']:.1%} of "
               f"{f['pairs']} valid pairs, {f['disagreements']} routed decisions differ from the LLM's")
-    err.print("mean per-set best F1 on valid: LLM only {llm_only:.3f}, cascade one order {one_order:.3f}, "
-              "both orders {both_orders:.3f}".format(**f["mean_set_f1"]))
-    click.echo(f"cascade: {path} ({s.orders} order{'s' if s.orders == 2 else ''}, threshold {s.threshold:.4f})")
+    for name, f1 in f["set_f1"].items():
+        held = "" if "holds" not in f1 else " (within the tolerance on every set)" if f1["holds"] else ""
+        err.print(f"valid F1 per set at its best cut, {name}: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in f1.items() if k != "holds") + held)
+    fused = "fused with the features" if s.coef[2] else "the LLM's own score"
+    click.echo(f"cascade: {path} ({s.orders} order{'s' if s.orders == 2 else ''}, {fused}, "
+               f"threshold {s.threshold:.4f})")
