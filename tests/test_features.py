@@ -194,29 +194,44 @@ def _match(out, *extra):
 @pytest.mark.slow
 def test_match_cascade_routes_by_its_cuts_and_fuses_the_llm_score(tmp_path):
     """The shipped model's cascade, end to end: settled rows carry the feature probability beyond a
-    cut, the others the fusion of that probability with the LLM-only run's score of the same pair."""
+    cut, the others the fusion of that probability with the LLM's score of the pair, scored here in the
+    same batches as match sends them (a pair's score moves a little with its batch company)."""
     from epm_edge.data import read_catalog
+    from epm_edge.match.blocking import candidates
+    from epm_edge.match.run import serialized
+    from epm_edge.model_store import default_model
+    from epm_edge.runtime import load_scorer
+    from epm_edge.runtime.orders import BothOrders
 
     cascade = load_cascade(SHIPPED_FEATURES)
-    on, log = _match(tmp_path / "on.csv")
+    on, log = _match(tmp_path / "on.csv", "--batch-size", "8")
     assert "LLM" in log
-    off, _ = _match(tmp_path / "off.csv", "--cascade", "off", *(["--one-order"] if cascade.settings.orders == 1 else []))
-    assert on.keys() == off.keys() and {r["stage"] for r in off.values()} == {"llm"}
     stages = [r["stage"] for r in on.values()]
     assert "features" in stages and "llm" in stages
     a, b = read_catalog(EXAMPLES / "retailer.csv"), read_catalog(EXAMPLES / "marketplace.csv")
-    keys = list(on)
-    p_feat = cascade.matcher.predict(PairFeaturizer(a.records, b.records).features([k[0] for k in keys],
-                                                                                   [k[1] for k in keys]))
+    cands = candidates(a, b, top_k=2)
+    keys = list(zip(cands.a_ids, cands.b_ids))
+    assert set(keys) == set(on)
+    p_feat = cascade.matcher.predict(PairFeaturizer(a.records, b.records).features(cands.a_ids, cands.b_ids))
+    routed = [k for k, p in zip(keys, p_feat) if cascade.to_llm(np.array([p]))[0]]
+    sa, sb = serialized(a, 64), serialized(b, 64)
+    scorer = load_scorer(default_model(), batch_size=8)
+    scorer = BothOrders(scorer) if cascade.settings.orders == 2 else scorer
+    llm = {}
+    for lo in range(0, len(routed), 8):
+        part = routed[lo:lo + 8]
+        llm.update(zip(part, scorer.score([(sa[x], sb[y]) for x, y in part])))
+    scorer.close()
     for k, p in zip(keys, p_feat):
         score = float(on[k]["score"])
-        if on[k]["stage"] == "features":
-            assert not cascade.to_llm(np.array([p]))[0] and score == pytest.approx(p, abs=2e-6)
+        if k in llm:
+            assert on[k]["stage"] == "llm"
+            assert score == pytest.approx(float(cascade.fuse(p, llm[k])), abs=1e-4)
         else:
-            assert cascade.to_llm(np.array([p]))[0]
-            # the LLM scores a pair a little differently in other batch company (tests/test_match.py)
-            assert score == pytest.approx(float(cascade.fuse(p, float(off[k]["score"]))), abs=0.02)
+            assert on[k]["stage"] == "features" and score == pytest.approx(p, abs=2e-6)
         assert on[k]["match"] == str(int(score >= cascade.settings.threshold))
+    off, _ = _match(tmp_path / "off.csv", "--cascade", "off")
+    assert off.keys() == on.keys() and {r["stage"] for r in off.values()} == {"llm"}
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from rapidfuzz import fuzz, process
+from rapidfuzz.distance import Indel
 
 from epm_edge.match.blocking import product_codes, record_text
 
@@ -157,8 +159,6 @@ def record_facts(record: dict[str, str]) -> RecordFacts:
 
 
 def _code_features(a: RecordFacts, b: RecordFacts) -> tuple[float, float, float, float, float]:
-    from rapidfuzz.distance import Indel
-
     if not a.codes and not b.codes:
         return 0.0, 0.0, 2.0, math.nan, math.nan
     if not a.codes or not b.codes:
@@ -225,8 +225,6 @@ class PairFeaturizer:
 
     def features(self, a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
         """A float32 matrix, one row per pair, columns named by NAMES."""
-        from rapidfuzz import fuzz, process
-
         fa = [self.a[i] for i in a_ids]
         fb = [self.b[i] for i in b_ids]
         exact = np.array([_row(x, y) for x, y in zip(fa, fb)], dtype=np.float32).reshape(len(fa), -1)
