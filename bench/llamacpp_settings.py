@@ -1,7 +1,7 @@
-"""llama.cpp scorer settings sweep: which decode shape is fastest on this host.
+"""llama.cpp scorer settings sweep: which settings are fastest on this host.
 
-For one GGUF and the same labelled pairs, scores the pairs under each setting (tokens per decode,
-micro-batch, flash attention, pairs per decode); then scores blocking candidates (each A record
+For one GGUF and the same labelled pairs, scores the pairs with flash attention on and off; then
+scores blocking candidates (each A record
 against its top-k B records, as `epm-edge match` does) with and without reuse of A's tokens; then
 measures single-pair latency at several record token budgets (shorter records: fewer tokens, but
 less of each listing is seen).
@@ -32,16 +32,11 @@ from epm_edge.match.blocking import block
 from epm_edge.match.run import serialized
 from epm_edge.runtime.llamacpp import LlamaCppScorer
 
-# (pairs per decode, tokens per decode, micro-batch tokens, flash attention)
-SHAPES = [(16, 512, 512, True), (16, 512, 512, False), (16, 256, 256, True), (16, 1024, 512, True),
-          (16, 2048, 512, True), (4, 512, 512, True), (1, 512, 512, True)]
 
-
-def throughput(gguf: Path, texts, labels, threads: int, shape, repeat: int) -> dict:
-    batch_size, tokens, ubatch, flash = shape
-    scorer = LlamaCppScorer(gguf, threads, batch_size, max_batch_tokens=tokens, n_ubatch=ubatch, flash_attn=flash)
+def throughput(gguf: Path, texts, labels, threads: int, flash: bool, repeat: int) -> dict:
+    scorer = LlamaCppScorer(gguf, threads, flash_attn=flash, share_records=False)
     n_tokens = sum(len(scorer.tokenize(prompt.pair_suffix(a, b))) for a, b in texts)
-    scorer.score(texts[:batch_size])  # warm-up
+    scorer.score(texts[:4])  # warm-up
     seconds = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -49,8 +44,7 @@ def throughput(gguf: Path, texts, labels, threads: int, shape, repeat: int) -> d
         seconds.append(time.perf_counter() - t0)
     scorer.close()
     rates = [len(texts) / s for s in seconds]
-    row = {"pairs_per_decode": batch_size, "tokens_per_decode": tokens, "n_ubatch": ubatch, "flash_attn": flash,
-           "pairs_per_second": float(np.mean(rates)), "pairs_per_second_sd": float(np.std(rates)),
+    row = {"flash_attn": flash, "pairs_per_second": float(np.mean(rates)), "pairs_per_second_sd": float(np.std(rates)),
            "suffix_tokens_per_second": n_tokens / float(np.mean(seconds)),
            "f1_at_0.5": compute_metrics(labels, scores, 0.5).f1}
     print(row, flush=True)
@@ -64,7 +58,7 @@ def candidate_rates(gguf: Path, ps, threads: int, top_k: int, n: int, repeat: in
     texts = [(sa[a], sb[b]) for a, b in zip(cands.a_ids[:n], cands.b_ids[:n])]
     rows = []
     for share in (False, True):
-        scorer = LlamaCppScorer(gguf, threads, 32, share_records=share)
+        scorer = LlamaCppScorer(gguf, threads, share_records=share)
         scorer.score(texts[:top_k])  # warm-up
         rates = []
         for _ in range(repeat):
@@ -81,7 +75,7 @@ def candidate_rates(gguf: Path, ps, threads: int, top_k: int, n: int, repeat: in
 
 def latency(gguf: Path, ps, pairs, threads: int, record_tokens: int, n: int) -> dict:
     texts = serialize_pairs(ps, pairs, record_tokens)[:n]
-    scorer = LlamaCppScorer(gguf, threads, 1)
+    scorer = LlamaCppScorer(gguf, threads)
     n_tokens = [len(scorer.tokenize(prompt.pair_suffix(a, b))) for a, b in texts]
     scorer.score(texts[:2])
     ms = np.array(single_pair_seconds(scorer, texts)) * 1000
@@ -111,7 +105,7 @@ def main():
     ps = load_pair_set(args.data)
     pairs = ps.split(args.split).head(args.pairs)
     texts = serialize_pairs(ps, pairs)
-    shapes = [throughput(args.gguf, texts, pairs.labels, args.threads, s, args.repeat) for s in SHAPES]
+    shapes = [throughput(args.gguf, texts, pairs.labels, args.threads, flash, args.repeat) for flash in (True, False)]
     sharing = candidate_rates(args.gguf, ps, args.threads, args.top_k, args.candidate_pairs, args.repeat)
     latencies = [latency(args.gguf, ps, pairs, args.threads, int(r), args.latency_pairs)
                  for r in args.record_tokens.split(",")]
@@ -122,10 +116,9 @@ def main():
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"# llama.cpp settings: {args.gguf.name}, {args.data.name}/{args.split}, {len(texts)} pairs, "
              f"{args.threads} threads", "", f"Host: {result['host'].get('cpu', '')}", "",
-             "| pairs/decode | tokens/decode | n_ubatch | flash attn | pairs/s (mean ± sd) | suffix tok/s |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['pairs_per_decode']} | {r['tokens_per_decode']} | {r['n_ubatch']} | {r['flash_attn']} | "
-              f"{r['pairs_per_second']:.1f} ± {r['pairs_per_second_sd']:.1f} | {r['suffix_tokens_per_second']:.0f} |"
+             "Every pair scored from the shared prefix (A's tokens not reused):", "",
+             "| flash attn | pairs/s (mean ± sd) | suffix tok/s |", "|---|---|---|"]
+    lines += [f"| {r['flash_attn']} | {r['pairs_per_second']:.1f} ± {r['pairs_per_second_sd']:.1f} | {r['suffix_tokens_per_second']:.0f} |"
               for r in shapes]
     lines += ["", f"Blocking candidates ({sharing[0]['pairs']} pairs, top-{args.top_k} B records per A record, "
               "batches of 64 as in `epm-edge match`):", "",

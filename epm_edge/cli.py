@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -13,7 +14,7 @@ import click
 
 from epm_edge import __version__
 from epm_edge.errors import EpmError
-from epm_edge.model_store import ADAPTER_QUANTS, model_identity
+from epm_edge.model_store import ADAPTER_QUANTS, model_identity, sha256_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -28,6 +29,10 @@ class Group(click.Group):
         except EpmError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except OSError as e:  # unwritable output dir, full disk, ...: the file and the reason
+            where = f"{e.filename}: " if e.filename else ""
+            click.echo(f"error: {where}{e.strerror or e}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted: results written so far are kept; rerun the same command to resume", err=True)
             sys.exit(130)
@@ -37,6 +42,30 @@ class Group(click.Group):
 @click.version_option(__version__, prog_name="epm-edge")
 def main():
     """epm-edge: decide whether two e-commerce listings are the same product, on CPU."""
+
+
+class Probability(click.FloatRange):
+    """A number in [0, 1]; click's FloatRange alone lets NaN through."""
+
+    name = "probability"
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def convert(self, value, param, ctx):
+        value = super().convert(value, param, ctx)
+        if math.isnan(value):
+            self.fail("nan is not a number in the range 0<=x<=1", param, ctx)
+        return value
+
+
+PROBABILITY = Probability()
+# Below this a record keeps hardly more than its first attribute name; at 0 every record is empty.
+MIN_RECORD_TOKENS = 16
+record_tokens_option = click.option("--record-tokens", type=click.IntRange(min=MIN_RECORD_TOKENS), default=64,
+                                    show_default=True, help="Token budget per serialized record.")
+threshold_option = click.option("--threshold", type=PROBABILITY, default=None,
+                                help="Decision threshold (default: stored with the model, else 0.5).")
 
 
 def _columns(value: str | None) -> list[str] | None:
@@ -52,7 +81,7 @@ quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), defaul
                                  "cached [default: BF16 where llama.cpp has AVX512_BF16 and no AMX, else Q8_0].")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
-threads_option = click.option("--threads", type=int, default=None, help="CPU threads (default: all cores).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
 # Both orders by default: a pair's score should not depend on which catalog came first, and on the four
 # benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
 both_orders_option = click.option("--both-orders/--one-order", default=None,
@@ -63,7 +92,7 @@ cascade_option = click.option("--cascade", "cascade_mode", default="auto", show_
                               help="auto: the model's feature stage settles the pairs it is sure of and is fused with "
                                    "the LLM on the rest (when the model has one); off: the LLM scores every pair; DIR: "
                                    "a features dir (matcher.txt, cascade.json).")
-batch_option = click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass.")
+batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per forward pass.")
 
 
 def _cascade(mode, model_path, both_orders):
@@ -108,20 +137,21 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @batch_option
 @both_orders_option
 @cascade_option
-@click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record (blocking).")
-@click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
+@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True,
+              help="Candidates per A record (blocking).")
+@threshold_option
 @click.option("--id-col-a", default=None, help="Id column of catalog A (default: auto-detect).")
 @click.option("--id-col-b", default=None, help="Id column of catalog B (default: auto-detect).")
 @click.option("--columns-a", default=None, help="Comma-separated attribute columns of A (default: all).")
 @click.option("--columns-b", default=None, help="Comma-separated attribute columns of B (default: all).")
-@click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per serialized record.")
+@record_tokens_option
 @click.option("--one-to-one", "assignment", flag_value="greedy", default=None,
               help="Each record in at most one match (best score first).")
 @click.option("--assignment", "assignment", type=click.Choice(["greedy", "hungarian"]),
               help="One-to-one assignment method.")
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
-@click.option("--explain-above", type=float, default=None, help="Explain pairs scoring at least this (default: the threshold).")
-@click.option("--force", is_flag=True, help="Overwrite an output file from a run with other settings.")
+@click.option("--explain-above", type=PROBABILITY, default=None, help="Explain pairs scoring at least this (default: the threshold).")
+@click.option("--force", is_flag=True, help="Start over: replace the output file of an earlier run.")
 def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
           top_k, threshold,
           id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
@@ -130,12 +160,24 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     from epm_edge.data import read_catalog
     from epm_edge.features.cascade import identity
     from epm_edge.match.blocking import candidates
-    from epm_edge.match.run import run_match
+    from epm_edge.match.run import drop_empty_records, run_match
     from epm_edge.report.tables import match_table
 
+    if output is not None:
+        if output.is_dir():
+            raise click.UsageError(f"-o {output} is a directory: pass a result file (.csv or .jsonl)")
+        for catalog in (catalog_a, catalog_b):
+            if output.resolve() == catalog.resolve():
+                raise click.UsageError(f"-o {output} is an input catalog: choose another output file")
     a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
     b = read_catalog(catalog_b, id_col=id_col_b, columns=_columns(columns_b))
     err.print(f"[bold]A[/] {a.path} ({len(a)} records)   [bold]B[/] {b.path} ({len(b)} records)")
+    for name, catalog in (("A", a), ("B", b)):
+        kept, empty = drop_empty_records(catalog, record_tokens)
+        if empty:
+            err.print(f"[yellow]{name}: {len(empty)} record(s) with no attribute text get no match:[/] "
+                      + ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
+        a, b = (kept, b) if name == "A" else (a, kept)
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
@@ -155,10 +197,13 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
               + (f"; cascade: {cascade.path}" if cascade else ""))
     target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
+    # everything that decides the rows: a resumed run with any of it changed would mix two runs
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
-                "model_sha256": model_identity(scorer.path),
+                "catalog_a_sha256": sha256_file(catalog_a), "catalog_b_sha256": sha256_file(catalog_b),
+                "id_col_a": a.id_col, "columns_a": a.columns, "id_col_b": b.id_col, "columns_b": b.columns,
+                "model_sha256": model_identity(scorer.path), "backend": scorer.name,
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
-                "explain_above": explain_above, "both_orders": both_orders,
+                "explain_above": explain_above, "both_orders": both_orders, "assignment": assignment,
                 "cascade": identity(cascade) if cascade else "off"}
     counts = {"pairs": 0, "llm": 0}
 
@@ -191,7 +236,7 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @click.option("--data", "data_dirs", required=True,
               help="Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
-@click.option("--limit", type=int, default=None, help="Score only the first N pairs.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N pairs.")
 @click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
 @model_option
@@ -202,11 +247,11 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @both_orders_option
 @click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|features-only|DIR",
               help="As for match; features-only: the feature matcher alone, no LLM (the baseline).")
-@click.option("--threshold", type=float, default=None, help="Decision threshold (default: stored with the model, else 0.5).")
+@threshold_option
 @click.option("--tune-split", type=click.Choice(["train", "valid"]), default=None,
               help="Choose each set's threshold on this split first (best F1 there).")
-@click.option("--tune-limit", type=int, default=None, help="Tune on the first N pairs of --tune-split.")
-@click.option("--record-tokens", type=int, default=64, show_default=True)
+@click.option("--tune-limit", type=click.IntRange(min=1), default=None, help="Tune on the first N pairs of --tune-split.")
+@record_tokens_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per set on stdout.")
 @click.option("--scores", "scores_dir", type=click.Path(path_type=Path), default=None,
               help="Append each pair's score to a JSONL file per set and split in this dir as it is scored; "
@@ -282,7 +327,7 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
 @main.command()
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), required=True,
               help="Benchmark dir with tableA.csv, tableB.csv and split files.")
-@click.option("--top-k", type=int, default=20, show_default=True, help="Candidates per A record.")
+@click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True, help="Candidates per A record.")
 @click.option("--eval", "evaluate", is_flag=True, help="Report pair completeness against the labelled positives.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the candidates as CSV.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")

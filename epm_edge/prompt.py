@@ -38,7 +38,9 @@ PREFIX = (
 )
 # The pair suffix is A's part then B's part: pairs that share an A record share its tokens too.
 _HEAD = "A: {a}\n"
-_TAIL = "B: {b}<|im_end|>\n<|im_start|>assistant\n"
+_RECORD_B = "B: {b}"
+_ANSWER_START = "<|im_end|>\n<|im_start|>assistant\n"
+_TAIL = _RECORD_B + _ANSWER_START
 END_OF_TURN = "<|im_end|>"
 
 
@@ -55,6 +57,18 @@ def pair_tail(b: str) -> str:
 def pair_suffix(a: str, b: str) -> str:
     """The per-pair part of the prompt; `a` and `b` are serialized records."""
     return pair_head(a) + pair_tail(b)
+
+
+def pair_segments(a: str, b: str) -> list[tuple[str, bool]]:
+    """The pair suffix as (text, is_template) pieces, for tokenizers: record text is data.
+
+    A CSV value or column name holding `<|im_end|>`, `<file_sep>` or any other special token of the
+    vocabulary must not become that control token (it can end the turn and write the answer), so
+    runtimes parse special tokens in the template pieces only. The data piece runs up to the first
+    template marker, where whole-string special parsing splits the text too, so ordinary records
+    get exactly the ids that tokenizing `pair_suffix` gives.
+    """
+    return [(pair_head(a) + _RECORD_B.format(b=b), False), (_ANSWER_START, True)]
 
 
 def full_prompt(a: str, b: str) -> str:

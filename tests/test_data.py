@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from epm_edge.data import load_pair_set, read_catalog
+from epm_edge.data.csvfile import read_csv
 from epm_edge.errors import InputError
 
 
@@ -99,3 +100,53 @@ def test_cli_bad_input_is_one_line_and_nonzero(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: {empty}: file is empty"]
     assert "Traceback" not in r.stderr
+
+
+# Characters that str.splitlines() treats as line breaks but CSV does not: only \r, \n and \r\n end a record.
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\x0c", "\x0b", "\x85", "\x1c", "\x1d", "\x1e"])
+def test_unicode_line_separators_stay_inside_fields(tmp_path, sep):
+    p = write(tmp_path, "c.csv", f'id,title\n1,a{sep}b\n2,"c{sep}d"\n3,e\n')
+    header, rows = read_csv(p)
+    assert header == ["id", "title"]
+    assert rows == [(2, {"id": "1", "title": f"a{sep}b"}), (3, {"id": "2", "title": f"c{sep}d"}),
+                    (4, {"id": "3", "title": "e"})]
+
+
+def test_row_numbers_are_records_after_multiline_field(tmp_path):
+    # a blank row still counts as a row (a spreadsheet shows it), but is not returned
+    p = write(tmp_path, "c.csv", '\ufeffid,title\n1,"line one\nline two\nline three"\n\n2,ok\n')
+    header, rows = read_csv(p)
+    assert header == ["id", "title"]
+    assert rows == [(2, {"id": "1", "title": "line one\nline two\nline three"}), (4, {"id": "2", "title": "ok"})]
+
+
+def test_bare_cr_ends_records_but_not_quoted_fields(tmp_path):
+    p = write(tmp_path, "c.csv", 'id,title\r1,"a\rb"\r2,c\r\n3,d')
+    assert read_csv(p)[1] == [(2, {"id": "1", "title": "a\rb"}), (3, {"id": "2", "title": "c"}),
+                              (4, {"id": "3", "title": "d"})]
+
+
+@pytest.mark.parametrize("content, expect", [
+    ('id,title\n1,"x\ny\nz"\n2,ok\n3,bad,extra\n', "row 4: has 3 fields, header has 2"),
+    ('id,title\n1,"x\ny"\n2,"bad"x\n', "row 3: malformed CSV"),
+    ('id,title\n1,"x\ny"\n2,"never closed\nmore\n', "row 3: malformed CSV"),
+    ('id,title\n1,"x\ny"\n1,z\n', "row 3, column 'id': duplicate id '1' (first seen at row 2)"),
+])
+def test_errors_after_multiline_field_name_the_record(tmp_path, content, expect):
+    p = write(tmp_path, "bad.csv", content)
+    with pytest.raises(InputError) as e:
+        read_catalog(p)
+    assert str(e.value).startswith(f"{p}, ") and expect in str(e.value)
+
+
+def test_undecodable_bytes_after_multiline_field_name_the_record(tmp_path):
+    p = write(tmp_path, "latin1.csv", 'id,title\n1,"x\ny"\n2,"caf\xe9\nz"\n'.encode("latin-1"))
+    with pytest.raises(InputError, match=r"latin1.csv, row 3: not valid UTF-8"):
+        read_catalog(p)
+
+
+def test_undecodable_bytes_after_bom_name_the_file_offset_and_record(tmp_path):
+    # utf-8-sig counts positions after the BOM; the message must count them in the file
+    p = write(tmp_path, "bom.csv", b"\xef\xbb\xbfid,title\n1,ok\n\xe9,bad\n")
+    with pytest.raises(InputError, match=r"bom.csv, row 3: not valid UTF-8 \(byte 0xe9 at offset 17\)"):
+        read_catalog(p)

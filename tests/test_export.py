@@ -367,16 +367,16 @@ def test_verify_needs_an_export_dir(tmp_path):
 def _llamacpp_logits(path: Path, tokens: list[int]) -> np.ndarray:
     import llama_cpp as lc
 
-    from epm_edge.runtime.llamacpp import LlamaCppScorer
+    from epm_edge.runtime.llamacpp import PAIR_SEQ, PREFIX_SEQ, LlamaCppScorer
 
-    scorer = LlamaCppScorer(path, batch_size=1)
+    scorer = LlamaCppScorer(path)
     try:
         suffix = tokens[len(scorer.prefix):]
         assert tokens[:len(scorer.prefix)] == scorer.prefix
-        lc.llama_memory_seq_cp(scorer.mem, 0, 1, -1, -1)
-        idx = scorer._decode([(suffix, 1, len(scorer.prefix))])[0]
+        lc.llama_memory_seq_cp(scorer.mem, PREFIX_SEQ, PAIR_SEQ, -1, -1)
+        idx = scorer._decode(suffix, PAIR_SEQ, len(scorer.prefix))
         row = lc.llama_get_logits_ith(scorer.ctx, idx)
-        return np.ctypeslib.as_array(row, shape=(scorer.n_vocab,)).copy()
+        return np.ctypeslib.as_array(row, shape=(lc.llama_vocab_n_tokens(scorer.vocab),)).copy()
     finally:
         scorer.close()
 
@@ -427,7 +427,7 @@ def test_tokenizers_agree_real_model(base_gguf, tmp_path):
     texts = [prompt.PREFIX, prompt.pair_suffix("title: Canon EOS 2000D 18-55mm; price: 1234.50 EUR", "café ß 日本"),
              "  double  spaces\n\n\ttabs 0123456789"]
     for path in (base_gguf, rebuilt):
-        scorer = LlamaCppScorer(path, batch_size=1)
+        scorer = LlamaCppScorer(path)
         try:
             for t in texts:
                 assert scorer.tokenize(t) == tok(t, add_special_tokens=False)["input_ids"], (path.name, t)

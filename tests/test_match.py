@@ -131,10 +131,10 @@ def test_match_to_stdout_with_one_to_one(base_gguf):
 
 
 def test_match_gives_swapped_catalogs_the_same_scores(base_gguf):
-    """With the default model, LLM-only scoring uses both orders by default. A pair's score moves a little
-    with the pairs llama.cpp batches it with (the bundled base's near-flat scores too much for this
-    check), hence the tolerance. With the cascade, the feature stage is symmetric: the same pairs are
-    routed to the LLM either way and the pairs it settles get the same score."""
+    """With the default model, LLM-only scoring uses both orders by default, so swapping the catalogs
+    scores the same two prompts per pair, beside other neighbours: a pair's score does not depend on
+    them. With the cascade, the feature stage is symmetric too: the same pairs are routed to the LLM
+    either way, and every pair gets the same score."""
     def scores(a, b, *extra):
         cmd = [sys.executable, "-m", "epm_edge", "match", str(EXAMPLES / a), str(EXAMPLES / b), "--top-k", "2", *extra]
         r = subprocess.run(cmd, capture_output=True, text=True)
@@ -146,17 +146,15 @@ def test_match_gives_swapped_catalogs_the_same_scores(base_gguf):
     assert "both orders" in log
     common = [k for k in forward if k[::-1] in backward]
     assert len(common) >= 20
-    # one order alone: many of these pairs differ by more than 0.02; batch company alone moved one pair
-    # by 0.021 on a 2-core AVX2 EPYC (the batch dependence of the hardening issue)
-    assert all(float(forward[k]["score"]) == pytest.approx(float(backward[k[::-1]]["score"]), abs=0.03)
+    assert all(float(forward[k]["score"]) == pytest.approx(float(backward[k[::-1]]["score"]), abs=1e-3)
                for k in common)
 
     (forward, _), (backward, _) = scores("retailer.csv", "marketplace.csv"), scores("marketplace.csv", "retailer.csv")
     common = [k for k in forward if k[::-1] in backward]
     assert all(forward[k]["stage"] == backward[k[::-1]]["stage"] for k in common)
-    settled = [k for k in common if forward[k]["stage"] == "features"]
-    assert settled and all(float(forward[k]["score"]) == pytest.approx(float(backward[k[::-1]]["score"]), abs=1e-5)
-                           for k in settled)
+    assert {forward[k]["stage"] for k in common} == {"features", "llm"}
+    assert all(float(forward[k]["score"]) == pytest.approx(float(backward[k[::-1]]["score"]), abs=1e-3)
+               for k in common)
 
 
 def test_match_explanations_follow_the_rows_decision(tmp_path, base_gguf):

@@ -27,18 +27,18 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
               help="Benchmark dir(s) with tableA/tableB and split files, comma-separated.")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid", "train"]),
               help="Split the figures are reported on (thresholds always come from valid).")
-@click.option("--limit", type=int, default=None, help="Use only the first N pairs of each split.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N pairs of each split.")
 @click.option("--variants", default=None,
               help="Comma-separated variant names or patterns, e.g. 'gguf-q4*,onnx-int8,tfidf' (default: all found).")
 @click.option("--threads", default=str(os.cpu_count() or 1), show_default=True, callback=_ints,
               help="CPU threads; several comma-separated values measure each variant at each.")
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per forward pass (throughput).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per forward pass (throughput).")
 @click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of every timing.")
 @click.option("--timing-pairs", type=click.IntRange(1), default=256, show_default=True,
               help="Pairs (head of the split) scored in each repeated throughput run; accuracy uses the whole split.")
 @click.option("--latency-pairs", type=click.IntRange(1), default=32, show_default=True,
               help="Pairs scored one at a time per repetition for the latency figures.")
-@click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per serialized record.")
+@click.option("--record-tokens", type=click.IntRange(min=16), default=64, show_default=True, help="Token budget per serialized record.")
 @click.option("--both-orders/--one-order", default=True, show_default=True,
               help="Score each pair as A/B and B/A, as `epm-edge match` does by default (pairs/s and latency "
                    "count the two scorings as one pair), or as A/B only.")

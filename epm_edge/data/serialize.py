@@ -35,10 +35,15 @@ def _clip(text: str, budget: int) -> str:
     return " ".join(out)
 
 
+def _clean(text: str) -> str:
+    return " ".join(text.split()).replace("|", "/")
+
+
 def serialize_record(record: dict[str, str], max_tokens: int = 64) -> str:
     """Serialize one record; `price` and `priceCurrency` are joined into one field when both exist."""
-    fields = {k: " ".join(v.split()) for k, v in record.items() if v and v.strip()}
-    fields = {k: v.replace("|", "/") for k, v in fields.items()}  # `|` separates rationale fields
+    # Column names are data like the values: whitespace collapsed, `|` (it separates rationale fields) replaced.
+    fields = {_clean(k): _clean(v) for k, v in record.items() if v and v.strip()}
+    fields = {k: v for k, v in fields.items() if k}
     currency = next((fields.pop(k) for k in list(fields) if k.lower() == "pricecurrency"), None)
     if currency and "price" in fields:
         fields["price"] = f"{fields['price']} {currency}"

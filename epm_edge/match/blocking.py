@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from epm_edge.data.catalog import Catalog
+from epm_edge.errors import InputError
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9\-/\.]*[a-z0-9]|[a-z0-9]", re.I)
 _SKIP_COLUMNS = {"price", "pricecurrency"}
@@ -64,8 +65,12 @@ def block(a: Catalog, b: Catalog, top_k: int = 20, chunk: int = 512, max_code_df
     word = TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1,
                            dtype=np.float32)
-    word.fit(a_text + b_text)
-    char.fit(a_text + b_text)
+    try:
+        word.fit(a_text + b_text)
+        char.fit(a_text + b_text)
+    except ValueError:  # sklearn: empty vocabulary
+        raise InputError(a.path, f"the records of both catalogs ({a.path.name}, {b.path.name}) have no letters or "
+                                 "digits to compare in the chosen columns; choose other --columns-a/-b") from None
     bw, bc = word.transform(b_text).T.tocsr(), char.transform(b_text).T.tocsr()
 
     code_index: dict[str, list[int]] = defaultdict(list)

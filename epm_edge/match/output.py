@@ -2,13 +2,16 @@
 
 Rows are appended batch by batch and flushed, so an interrupted run keeps everything it scored.
 On restart the file is read back, a torn last line (from a hard kill) is cut off, and the pairs
-already present are skipped. A sidecar `<file>.run.json` records the run's settings; resuming
-with different settings is refused rather than mixing two runs in one file.
+already present are skipped. A sidecar `<file>.run.json` records everything that decides the
+rows (model, scorer settings, columns, the catalogs' content); resuming with any of it changed is
+refused rather than mixing two runs in one file. The sidecar is also the run's lock: a second
+process writing the same file fails at once.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -33,25 +36,45 @@ class ResultWriter:
         self.fields = FIELDS + (("stage",) if stage else ()) + (("explanation",) if explain else ())
         self.sidecar = self.path.with_name(self.path.name + ".run.json")
         self.done: dict[tuple[str, str], float] = {}  # pairs already in the file -> their score
-        if force:
-            self.path.unlink(missing_ok=True)
-            self.sidecar.unlink(missing_ok=True)
-        if self.path.exists() and self.path.stat().st_size:
-            self._check_settings(settings)
-            self.done = self._recover()
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "w", encoding="utf-8", newline="") as f:
-                if not self.jsonl:
-                    f.write(",".join(self.fields) + "\n")
-        self.sidecar.write_text(json.dumps(settings, indent=1, sort_keys=True))
+        if self.path.is_dir():
+            raise EpmError(f"{self.path}: is a directory; pass a result file (.csv or .jsonl)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        existed = self.sidecar.exists()
+        self.lock = open(self.sidecar, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.lock.close()
+            raise EpmError(f"{self.path}: another epm-edge run is writing this file; wait for it to end "
+                           "or choose another output") from None
+        try:
+            if force:
+                self.path.unlink(missing_ok=True)
+            if self.path.exists() and self.path.stat().st_size:
+                self._check_settings(settings)
+                self.done = self._recover()
+            else:
+                with open(self.path, "w", encoding="utf-8", newline="") as f:
+                    if not self.jsonl:
+                        f.write(",".join(self.fields) + "\n")
+        except BaseException:
+            self.lock.close()
+            if not existed:
+                self.sidecar.unlink(missing_ok=True)
+            raise
+        self.lock.seek(0)
+        self.lock.truncate()
+        self.lock.write(json.dumps(settings, indent=1, sort_keys=True))
+        self.lock.flush()
         self.file = open(self.path, "a", encoding="utf-8", newline="")
 
     def _check_settings(self, settings: dict) -> None:
-        if not self.sidecar.exists():
+        self.lock.seek(0)
+        text = self.lock.read()
+        if not text.strip():
             raise EpmError(f"{self.path}: exists but was not written by epm-edge (no {self.sidecar.name}); "
                            f"{self.restart_hint}")
-        old = json.loads(self.sidecar.read_text())
+        old = json.loads(text)
         changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
         if changed:
             raise EpmError(f"{self.path}: an earlier run with different settings ({', '.join(changed)}) "
@@ -86,6 +109,7 @@ class ResultWriter:
 
     def close(self) -> None:
         self.file.close()
+        self.lock.close()  # releases the lock
 
 
 def _csv_value(v):

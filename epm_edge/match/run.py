@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import threading
 import time
@@ -13,6 +14,7 @@ import numpy as np
 
 from epm_edge.data.catalog import Catalog
 from epm_edge.data.serialize import serialize_record
+from epm_edge.errors import InputError
 from epm_edge.match.assign import one_to_one
 from epm_edge.match.blocking import Candidates
 from epm_edge.match.output import ResultWriter, read_results, rewrite_results
@@ -31,6 +33,16 @@ class MatchSummary:
 
 def serialized(catalog: Catalog, max_tokens: int) -> dict[str, str]:
     return {rid: serialize_record(rec, max_tokens) for rid, rec in catalog.records.items()}
+
+
+def drop_empty_records(catalog: Catalog, max_tokens: int) -> tuple[Catalog, list[str]]:
+    """The catalog without records that serialize to no text (a model would see only the template and
+    score them like anything else), and the ids dropped."""
+    empty = [rid for rid, text in serialized(catalog, max_tokens).items() if not text]
+    if len(empty) == len(catalog):
+        raise InputError(catalog.path, f"no record has text in the columns {', '.join(catalog.columns)}")
+    kept = {rid: rec for rid, rec in catalog.records.items() if rid not in set(empty)}
+    return dataclasses.replace(catalog, records=kept), empty
 
 
 @contextlib.contextmanager

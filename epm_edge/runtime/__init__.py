@@ -39,7 +39,7 @@ def load_scorer(model: str | Path, backend: str | None = None, threads: int | No
         if (path / "adapter_config.json").exists():
             from epm_edge.export.adapter_gguf import cached_gguf
             path = cached_gguf(path, quant)
-        return LlamaCppScorer(path, threads=threads, batch_size=batch_size)
+        return LlamaCppScorer(path, threads=threads)  # one pair per decode: see its module
     if backend == "onnx":
         from epm_edge.runtime.onnx import OnnxScorer
         return OnnxScorer(path, threads=threads, batch_size=batch_size)

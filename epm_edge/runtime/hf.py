@@ -24,6 +24,13 @@ def single_token(tokenizer, text: str, where: Path) -> int:
     return ids[0]
 
 
+def pair_ids(tokenizer, a: str, b: str) -> list[int]:
+    """Ids of the pair suffix, as llama.cpp tokenizes it: special-token text such as `<|im_end|>`
+    becomes its special token in the template pieces only (record text is data: prompt.pair_segments)."""
+    return [t for text, template in prompt.pair_segments(a, b)
+            for t in tokenizer(text, add_special_tokens=False, split_special_tokens=not template)["input_ids"]]
+
+
 class TransformersScorer:
     name = "transformers"
 
@@ -52,8 +59,7 @@ class TransformersScorer:
         out = np.empty(len(pairs), dtype=np.float64)
         for lo in range(0, len(pairs), self.batch_size):
             chunk = pairs[lo:lo + self.batch_size]
-            seqs = [self.prefix + self.tokenizer(prompt.pair_suffix(a, b), add_special_tokens=False)["input_ids"]
-                    for a, b in chunk]
+            seqs = [self.prefix + pair_ids(self.tokenizer, a, b) for a, b in chunk]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)

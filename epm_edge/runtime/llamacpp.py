@@ -1,20 +1,28 @@
-"""llama.cpp scorer on the low-level API: batched, with the shared instruction prefix reused.
+"""llama.cpp scorer on the low-level API, with the shared instruction prefix reused.
 
-The prefix (identical for every pair) is decoded once into sequence 0 and kept. For each batch,
-every pair gets its own sequence id; `llama_memory_seq_cp` shares the prefix cells with it (no
-recomputation, no copy of the tensors in a unified KV cache), the pair's suffix tokens are added
-with logits requested only at the last position, and one `llama_decode` scores the whole batch.
-Afterwards the pair sequences are removed again and the prefix stays.
+The prefix (identical for every pair) is decoded once into sequence 0 and kept. Each pair is then
+decoded on its own: `llama_memory_seq_cp` shares the prefix cells with the pair's sequence (no
+recomputation, no copy in a unified KV cache), the pair's tokens are added with logits requested
+only at the last position, and the pair's cells are freed again.
+
+One pair per decode keeps a pair's score independent of the other pairs scored with it: in a
+multi-pair decode, where a pair's tokens land in the shared cache depends on its neighbours, and
+attention summed over other cell positions moved scores by up to 0.3 logit (flash attention,
+Q8_0). Alone, a pair's cells always start where the prefix (or its record A) ends. It costs little:
+the tokens of all the other pairs in a decode are masked out of each pair's attention but still
+visited, so on 2 cores one pair per decode ran as fast as 16 (docs/llamacpp-decoding.md).
 
 Pairs that share record A (a matching run scores each A against its top-k candidates) share one
 more level: A's tokens are decoded once after the prefix, into a sequence of their own, and each
-pair adds only B's tokens on top of a copy of it.
+pair adds only B's tokens on top of it. Every pair whose tokens split at the A/B boundary takes
+this path, alone or not, so its score does not depend on whether its A has other candidates.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -86,33 +94,32 @@ def load_model(path: Path, vocab_only: bool = False):
     return model
 
 
+PREFIX_SEQ, HEAD_SEQ, PAIR_SEQ = 0, 1, 2  # the instruction prefix, a shared record A, the pair scored
+
+
 class LlamaCppScorer:
     name = "llamacpp"
 
-    # Defaults measured on 2 cores (abt_buy pairs, ~135 suffix tokens): 512 tokens per decode and
-    # flash attention gave 1.84 pairs/s vs 1.09 at 2048 tokens without it (Q4_1 base): every
-    # token attends over all cells of the shared cache, so smaller decodes keep attention cheap.
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32,
-                 max_batch_tokens: int = 512, n_ubatch: int = 512, flash_attn: bool = True,
-                 share_records: bool = True):
+    # Measured on 2 cores (abt_buy pairs, ~135 suffix tokens): flash attention scored 1.84 pairs/s
+    # vs 1.09 without it (Q4_1 base, multi-pair decodes); one pair per decode is as fast with or
+    # without it.
+    def __init__(self, path: str | Path, threads: int | None = None, max_pair_tokens: int = 512,
+                 flash_attn: bool = True, share_records: bool = True):
         self.path = Path(path)
         self.model = load_model(self.path)
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.metadata = {k[4:]: v for k, v in read_gguf_metadata(self.model).items() if k.startswith("epm.")}
         self.threshold = float(self.metadata["threshold"]) if "threshold" in self.metadata else None
-        self.batch_size = batch_size
         self.prefix = self.tokenize(prompt.PREFIX)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
-        self.max_batch_tokens = max_batch_tokens
+        self.max_pair_tokens = max_pair_tokens
         self.share_records = share_records
-        self.head_seq = batch_size + 1  # holds a shared record A; 0 is the prefix, 1..batch_size the pairs
         threads = threads or os.cpu_count() or 1
 
         params = lc.llama_context_default_params()
-        params.n_ctx = len(self.prefix) + max_batch_tokens + 512  # + room for generation in explain()
-        params.n_batch = max_batch_tokens
-        params.n_ubatch = min(n_ubatch, max_batch_tokens)
-        params.n_seq_max = batch_size + 2
+        params.n_ctx = len(self.prefix) + max_pair_tokens + 512  # + room for generation in explain()
+        params.n_batch = params.n_ubatch = max(max_pair_tokens, len(self.prefix))
+        params.n_seq_max = 3
         params.kv_unified = True  # all sequences share one cache, so seq_cp of the prefix is free
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = 1 if flash_attn else 0
@@ -120,16 +127,22 @@ class LlamaCppScorer:
         if not self.ctx:
             raise ModelError(f"{self.path}: llama.cpp could not create a context")
         self.mem = lc.llama_get_memory(self.ctx)
-        self.n_vocab = lc.llama_vocab_n_tokens(self.vocab)
-        self.batch = lc.llama_batch_init(max(max_batch_tokens, len(self.prefix)), 0, 1)
-        self._decode([(self.prefix, 0, 0)], logits_last=False)
+        self.batch = lc.llama_batch_init(params.n_batch, 0, 1)
+        self._decode(self.prefix, PREFIX_SEQ, 0, logits=False)
         self._samplers: dict[bool, object] = {}
 
     # -- tokens ---------------------------------------------------------------------------
-    def tokenize(self, text: str) -> list[int]:
+    def tokenize(self, text: str | Sequence[tuple[str, bool]], special: bool = True) -> list[int]:
+        """Token ids of `text`, or of (text, is_template) pieces joined (prompt.pair_segments).
+
+        Special-token text such as `<|im_end|>` becomes its control token only where `special` is
+        set, for pieces only in the template ones: record text is data and stays plain text.
+        """
+        if not isinstance(text, str):
+            return [t for piece, template in text for t in self.tokenize(piece, special=template)]
         raw = text.encode("utf-8")
         buf = (lc.llama_token * (len(raw) + 8))()
-        n = lc.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), False, True)
+        n = lc.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), False, special)
         if n < 0:
             raise ValueError(f"tokenization failed for {text[:40]!r}")
         return list(buf[:n])
@@ -146,55 +159,36 @@ class LlamaCppScorer:
         return buf.raw[:max(n, 0)]
 
     # -- decoding -------------------------------------------------------------------------
-    def _decode(self, seqs: list[tuple[list[int], int, int]], logits_last: bool = True) -> list[int]:
-        """Add (tokens, seq_id, start_pos) runs to one batch and decode; return output indices."""
-        b, n, outputs = self.batch, 0, []
-        for tokens, seq, pos in seqs:
-            for j, tok in enumerate(tokens):
-                b.token[n], b.pos[n], b.n_seq_id[n] = tok, pos + j, 1
-                b.seq_id[n][0] = seq
-                b.logits[n] = logits_last and j == len(tokens) - 1
-                n += 1
-            outputs.append(n - 1)
-        b.n_tokens = n
+    def _decode(self, tokens: list[int], seq: int, pos: int, logits: bool = True) -> int:
+        """Decode `tokens` as sequence `seq` from position `pos`; the output index of the last one."""
+        if len(tokens) > self.max_pair_tokens and seq != PREFIX_SEQ:
+            raise ValueError(f"a pair has {len(tokens)} prompt tokens, above the budget of "
+                             f"{self.max_pair_tokens}; lower the record token budget")
+        b = self.batch
+        for j, tok in enumerate(tokens):
+            b.token[j], b.pos[j], b.n_seq_id[j] = tok, pos + j, 1
+            b.seq_id[j][0] = seq
+            b.logits[j] = logits and j == len(tokens) - 1
+        b.n_tokens = len(tokens)
         rc = lc.llama_decode(self.ctx, b)
         if rc != 0:
-            raise RuntimeError(f"llama_decode failed with code {rc} (batch of {n} tokens)")
-        return outputs
+            raise RuntimeError(f"llama_decode failed with code {rc} ({len(tokens)} tokens)")
+        return len(tokens) - 1
 
-    def _logit_pair(self, index: int) -> tuple[float, float]:
+    def _probability(self, index: int) -> float:
         row = lc.llama_get_logits_ith(self.ctx, index)
-        return row[self.yes], row[self.no]
+        yes, no = row[self.yes], row[self.no]
+        if not (math.isfinite(yes) and math.isfinite(no)):
+            raise ModelError(f"{self.path}: the model gave non-finite logits (corrupt or badly quantized weights)")
+        return prompt.match_probability(yes, no)
 
-    def _groups(self, items: list[tuple[int, list[int]]]):
-        """Split (pair index, tokens) items into decode batches within the sequence and token budgets."""
-        group, tokens = [], 0
-        for item in items:
-            n = len(item[1])
-            if n > self.max_batch_tokens:
-                raise ValueError(f"pair {item[0]} has {n} prompt tokens, above the batch budget "
-                                 f"of {self.max_batch_tokens}; lower the record token budget")
-            if group and (len(group) == self.batch_size or tokens + n > self.max_batch_tokens):
-                yield group
-                group, tokens = [], 0
-            group.append(item)
-            tokens += n
-        if group:
-            yield group
-
-    def _score_from(self, base_seq: int, start: int, items: list[tuple[int, list[int]]], out: np.ndarray):
-        """Score (pair index, tokens) items, each continuing sequence `base_seq` at position `start`."""
-        for group in self._groups(items):
-            seqs = []
-            for k, (_, tokens) in enumerate(group, start=1):
-                lc.llama_memory_seq_cp(self.mem, base_seq, k, -1, -1)
-                seqs.append((tokens, k, start))
-            try:
-                for (i, _), idx in zip(group, self._decode(seqs)):
-                    out[i] = prompt.match_probability(*self._logit_pair(idx))
-            finally:
-                for k in range(1, len(group) + 1):
-                    lc.llama_memory_seq_rm(self.mem, k, -1, -1)
+    def _score_after(self, base_seq: int, pos: int, tokens: list[int]) -> float:
+        """P(match) of `tokens` continuing sequence `base_seq` at position `pos`."""
+        lc.llama_memory_seq_cp(self.mem, base_seq, PAIR_SEQ, -1, -1)
+        try:
+            return self._probability(self._decode(tokens, PAIR_SEQ, pos))
+        finally:
+            lc.llama_memory_seq_rm(self.mem, PAIR_SEQ, -1, -1)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         out = np.empty(len(pairs), dtype=np.float64)
@@ -202,26 +196,26 @@ class LlamaCppScorer:
         by_a: dict[str, list[int]] = defaultdict(list)
         for i, (a, _) in enumerate(pairs):
             by_a[a].append(i)
-        alone: list[tuple[int, list[int]]] = []  # pairs scored from their whole suffix
-        shared: list[tuple[list[int], list[tuple[int, list[int]]]]] = []  # (A's tokens, B's parts)
         for a, idx in by_a.items():
-            suffixes = [self.tokenize(prompt.pair_suffix(a, pairs[i][1])) for i in idx]
-            if self.share_records and len(idx) > 1:
-                head = self.tokenize(prompt.pair_head(a))
+            # Data, as the data piece that each suffix starts with: the comparison below needs both alike.
+            head = self.tokenize(prompt.pair_head(a), special=False) if self.share_records else []
+            tails = []  # pairs continuing A's decoded tokens
+            for i in idx:
+                suffix = self.tokenize(prompt.pair_segments(a, pairs[i][1]))
                 # Only where the tokens split at the A/B boundary; BPE could merge across it.
-                tails = [(i, s[len(head):]) for i, s in zip(idx, suffixes) if s[:len(head)] == head]
-                if len(tails) == len(idx) and len(head) <= self.max_batch_tokens:
-                    shared.append((head, tails))
-                    continue
-            alone += zip(idx, suffixes)
-        self._score_from(0, start, alone, out)
-        for head, tails in shared:
-            lc.llama_memory_seq_cp(self.mem, 0, self.head_seq, -1, -1)
+                if head and suffix[:len(head)] == head and len(suffix) > len(head):
+                    tails.append((i, suffix[len(head):]))
+                else:
+                    out[i] = self._score_after(PREFIX_SEQ, start, suffix)
+            if not tails:
+                continue
+            lc.llama_memory_seq_cp(self.mem, PREFIX_SEQ, HEAD_SEQ, -1, -1)
             try:
-                self._decode([(head, self.head_seq, start)], logits_last=False)
-                self._score_from(self.head_seq, start + len(head), tails, out)
+                self._decode(head, HEAD_SEQ, start, logits=False)
+                for i, tail in tails:
+                    out[i] = self._score_after(HEAD_SEQ, start + len(head), tail)
             finally:
-                lc.llama_memory_seq_rm(self.mem, self.head_seq, -1, -1)
+                lc.llama_memory_seq_rm(self.mem, HEAD_SEQ, -1, -1)
         return out
 
     # -- explanations ---------------------------------------------------------------------
@@ -248,12 +242,12 @@ class LlamaCppScorer:
         """
         sampler = self._sampler(match)
         lc.llama_sampler_reset(sampler)
-        suffix = self.tokenize(prompt.pair_suffix(a, b))
+        suffix = self.tokenize(prompt.pair_segments(a, b))
         pos = len(self.prefix)
-        lc.llama_memory_seq_cp(self.mem, 0, 1, -1, -1)
+        lc.llama_memory_seq_cp(self.mem, PREFIX_SEQ, PAIR_SEQ, -1, -1)
         text, finished = b"", False
         try:
-            idx = self._decode([(suffix, 1, pos)])[0]
+            idx = self._decode(suffix, PAIR_SEQ, pos)
             pos += len(suffix)
             for _ in range(max_tokens):
                 tok = lc.llama_sampler_sample(sampler, self.ctx, idx)  # also accepts the token
@@ -261,10 +255,10 @@ class LlamaCppScorer:
                     finished = True
                     break
                 text += self.piece(tok)
-                idx = self._decode([([tok], 1, pos)])[0]
+                idx = self._decode([tok], PAIR_SEQ, pos)
                 pos += 1
         finally:
-            lc.llama_memory_seq_rm(self.mem, 1, -1, -1)
+            lc.llama_memory_seq_rm(self.mem, PAIR_SEQ, -1, -1)
         text = text.decode("utf-8", "replace")
         return text if finished else prompt.complete_lines(text)
 

@@ -26,6 +26,19 @@ from epm_edge.runtime.provenance import read_sidecar
 MODEL_FILE = "model.onnx"
 
 
+def token_ids(tokenizer, text: str, template: bool = True) -> list[int]:
+    """Ids of `text` from a `tokenizers.Tokenizer`; special-token text such as `<|im_end|>` becomes
+    its special token in template text only (record text is data: prompt.pair_segments)."""
+    # The flag is tokenizer state, so every encode sets it (as transformers does for split_special_tokens).
+    tokenizer.encode_special_tokens = not template
+    return tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def pair_ids(tokenizer, a: str, b: str) -> list[int]:
+    """Ids of the pair suffix, as llama.cpp tokenizes it."""
+    return [t for text, template in prompt.pair_segments(a, b) for t in token_ids(tokenizer, text, template)]
+
+
 class OnnxScorer:
     name = "onnx"
 
@@ -61,16 +74,13 @@ class OnnxScorer:
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
 
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        self.prefix = self._ids(prompt.PREFIX)
+        self.prefix = token_ids(self.tokenizer, prompt.PREFIX)
         self.yes, self.no = self._single(prompt.YES), self._single(prompt.NO)
         self.pad = self.tokenizer.token_to_id("<|endoftext|>") or 0
         self.prefix_past = self._run_prefix() if reuse_prefix else None
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False).ids
-
     def _single(self, text: str) -> int:
-        ids = self._ids(text)
+        ids = token_ids(self.tokenizer, text)
         if len(ids) != 1:
             raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
         return ids[0]
@@ -100,7 +110,7 @@ class OnnxScorer:
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         out = np.empty(len(pairs), dtype=np.float64)
         for lo in range(0, len(pairs), self.batch_size):
-            suffixes = [self._ids(prompt.pair_suffix(a, b)) for a, b in pairs[lo:lo + self.batch_size]]
+            suffixes = [pair_ids(self.tokenizer, a, b) for a, b in pairs[lo:lo + self.batch_size]]
             n = len(suffixes)
             if self.reuse_prefix:
                 feed = self._batch_inputs(suffixes, len(self.prefix))
