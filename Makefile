@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # llama.cpp is compiled for this CPU (-march=native) from llama-cpp-python's source, with two lines of its AMX
-# matmul (Xeon 4th gen+; scorer 5.7 -> 9.6 pairs/s on our 2-core Xeon, bench/reports/scorer-speed.md) patched:
+# matmul (Xeon 4th gen+; scorer 5.7 -> 9.6 pairs/s on a 2-core Xeon, bench/reports/scorer-speed.md) patched:
 # - it loads the tile config once per thread and then trusts it, but torch's bf16 kernels (oneDNN) release the
 #   tiles on the same OpenMP threads, so a later llama.cpp matmul in that process dies (SIGILL) or returns
 #   garbage: patched to load the config on every call (one instruction per matmul chunk);

@@ -1,8 +1,8 @@
-"""Issue-4 benchmark: llama.cpp batched scorer vs the paths a user would take instead.
+"""Scorer speed: llama.cpp batched scorer vs the paths a user would take instead.
 
 On the same labelled pairs, one process, one machine, each scorer loaded and measured in turn:
   - llama.cpp batched scorer (every GGUF of an export; "best GGUF" is the fastest whose F1 is
-    within --max-delta-f1 points of transformers', the issue's condition, else the fastest),
+    within --max-delta-f1 points of transformers', else the fastest),
   - transformers fp32, batched, logits_to_keep=1 (epm-edge's reference scorer),
   - plain optimum + ONNX Runtime int8: ORTModelForCausalLM, full prompts, batched, no prefix
     reuse, full logits (what a user would write first),

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# Train the default model's recipe on a borrowed GPU machine (this workplace's `device` tool: Python 3.12
-# with its own torch and transformers 5, nothing downloadable, at most 64 MiB of working tree per call, and
-# a warm machine is given back after 30 s idle). Session 19's untracked glue went with its machine; this
-# keeps it. Nothing here is part of the package.
+# Train the default model's recipe on a GPU machine reached through a job runner (Python 3.12 with its own
+# torch and transformers 5, nothing downloadable, at most 64 MiB of working tree per call, and an idle
+# machine is released after 30 s). Nothing here is part of the package; docs/training.md describes it.
 #
-# Here:   dev/gpu.sh pack     .gpu/p0 .gpu/p1: the base GGUF in parts; .gpu/p2: its last part, our pins as
+# Here:   dev/gpu.sh pack     .gpu/p0 .gpu/p1: the base GGUF in parts; .gpu/p2: its last part, the pins as
 #                             cp312 wheels, the train/valid files of the four sets (no test file travels)
 # There, one call each, back to back; each names its part in `carry`:
 #   bash dev/gpu.sh stash p0
@@ -14,8 +13,8 @@
 # Each stage writes runs/$RUN/sN there and tars it (checkpoints left out) into $OUT/sN.tar.0, .1; here
 # `cat sN.tar.* | tar x -C runs/$RUN` from the folder the files came back to.
 # The stages' time limits (minutes) are S1MIN, S2MIN, S3MIN; SWAP is the share of pairs shown B/A. The
-# defaults fit 15 device minutes: a start (1-2 min), two short calls, then about 5 and 7.5 minutes for the
-# last two calls (a stage also loads the model and evaluates beyond its limit).
+# defaults fit a 15-minute GPU slot: a start (1-2 min), two short calls, then about 5 and 7.5 minutes for
+# the last two calls (a stage also loads the model and evaluates beyond its limit).
 # A check on a CPU: the three stashes, then `PYTHON=.venv/bin/python OUT=/tmp/o S1ARGS="--max-steps 2 --limit 64
 # --eval-limit 8" dev/gpu.sh s1` (setup's pip step fails here: the wheels are for Python 3.12; its base step runs).
 set -euo pipefail

@@ -14,6 +14,7 @@ import click
 
 from epm_edge import __version__
 from epm_edge.errors import EpmError
+from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
 from epm_edge.model_store import ADAPTER_QUANTS, model_identity, sha256_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
@@ -40,8 +41,12 @@ class Group(click.Group):
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="epm-edge")
-def main():
+@click.option("-v", "--verbose", is_flag=True, help="Show third-party warnings, logs and progress bars too.")
+def main(verbose):
     """epm-edge: decide whether two e-commerce listings are the same product, on CPU."""
+    from epm_edge.console import quiet_third_party
+
+    quiet_third_party(verbose)
 
 
 class Probability(click.FloatRange):
@@ -81,7 +86,7 @@ quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), defaul
                                  "cached [default: BF16 where llama.cpp has AVX512_BF16 and no AMX, else Q8_0].")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the cores other processes leave idle; llama.cpp).")
 # Both orders by default: a pair's score should not depend on which catalog came first, and on the four
 # benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
 both_orders_option = click.option("--both-orders/--one-order", default=None,
@@ -190,7 +195,7 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     stored = cascade.settings.threshold if cascade else scorer.threshold
     thr = threshold if threshold is not None else (stored if stored is not None else 0.5)
     if cascade is None and both_orders and threshold is None and scorer.threshold is not None \
-            and scorer.metadata.get("threshold_both_orders") is None:
+            and not has_both_orders_cut(scorer.metadata):
         err.print("[yellow]no cut tuned on both orders is stored with this model; its one-order cut stands in "
                   "(set one with eval --save-threshold, or pass --threshold or --one-order)[/]")
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
@@ -314,12 +319,7 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
             q = scorer.metadata["quant"]  # an adapter dir runs as its cached GGUF, which records its type
             sidecar = read_sidecar(model_path)
             tuned_on = f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)} ({q})"
-            if both_orders:  # a cut of its own: the one-order cut stays the default's
-                stored = {"thresholds_both_orders": {**sidecar.get("thresholds_both_orders", {}), q: cut}}
-            else:
-                stored = {"threshold": cut, "threshold_tuned_on": tuned_on,
-                          "thresholds": {**sidecar.get("thresholds", {}), q: cut}}
-            write_sidecar(model_path, {**sidecar, **stored})
+            write_sidecar(model_path, with_adapter_cut(sidecar, q, cut, both_orders, tuned_on))
             err.print(f"threshold {cut:.4f} ({q}{', both orders' if both_orders else ''}) stored in "
                       f"{Path(model_path) / SIDECAR}")
 

@@ -59,15 +59,41 @@ def weight_layout(cpu_flags: set[str]) -> str:
     return "repacked for this CPU where the quant type allows" + hint
 
 
+# A pair any working model tells apart: the same headphones listed twice, and a different product.
+SAME = ("title: Sony WH-1000XM5 Wireless Noise Cancelling Headphones Black; brand: Sony; model: WH1000XM5/B",
+        "title: Sony WH1000XM5 Noise Cancelling Wireless Headphones - Black; price: 329.00")
+OTHER = (SAME[0], "title: Bosch Serie 4 WAN28281GB Washing Machine 8kg 1400rpm White; price: 399.00")
+
+
 def model_status() -> str:
+    """Where the default model is, and what it scores on two known pairs: a model that loads but
+    computes garbage (non-finite logits) is reported here before it is trusted with a catalog."""
     from epm_edge.errors import EpmError
     from epm_edge.model_store import default_model, home
+    from epm_edge.runtime import load_scorer
 
     try:
         path = default_model()
-        return f"ok: {path} ({path.stat().st_size / 1e6:.0f} MB); cache {home()}"
+        scorer = load_scorer(path)
+        try:
+            same, other = scorer.score([SAME, OTHER])
+        finally:
+            scorer.close()
     except EpmError as e:
         return f"problem: {e}"
+    verdict = "ok" if same > other else "problem: scores the different product above the same one"
+    return (f"{verdict}: {path} ({path.stat().st_size / 1e6:.0f} MB); P(match) {same:.3f} for a listing of the "
+            f"same product, {other:.3f} for another product; cache {home()}")
+
+
+def host_load() -> str:
+    """The 1-minute load against the cores: llama.cpp's threads wait by spinning, so on a busy host
+    every thread beyond the free cores slows all of them down."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load < cores * 0.5:
+        return f"{load:.1f} on {cores} cores"
+    return (f"[yellow]busy: {load:.1f} on {cores} cores[/]; other processes are using the CPU: pass --threads "
+            "with the cores free for epm-edge (docs/threads.md)")
 
 
 def report() -> Table:
@@ -77,6 +103,7 @@ def report() -> Table:
     table.add_column(overflow="fold")
     table.add_row("python", platform.python_version())
     table.add_row("cpu", f"{model}; {os.cpu_count()} logical cores")
+    table.add_row("load", host_load())
     table.add_row("cpu features", " ".join(f"{f}:{'yes' if f in flags else 'no'}" for f in CPU_FLAGS))
     for pkg in PACKAGES:
         table.add_row(pkg, version(pkg))

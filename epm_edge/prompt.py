@@ -129,18 +129,24 @@ def parse_answer(text: str) -> Answer:
     return Answer(lines[0] == YES, evidence)
 
 
-# Constrains generation to the schema above (llama.cpp GBNF). Bounded lengths keep one evidence
-# line under MAX_LINE_CHARS, so a generation budget above that always holds one complete line.
-MAX_EVIDENCE = 4
-MAX_LINE_CHARS = 24 + 2 + 40 + 3 + 40 + 3 + 9
-GRAMMAR = r"""
-root     ::= decision ("\n" evidence){1,%d}
+# The answer schema's limits: the generation grammar, the training data builder (train/evidence.py)
+# and the RL format reward (train/rewards.py) all read them from here.
+MAX_EVIDENCE = 4  # evidence lines
+MAX_ATTRIBUTE_CHARS = 24
+MAX_VALUE_CHARS = 40
+ATTRIBUTE_CHARS = "a-z_ "  # the characters of an attribute name, as a regex class body
+# Bounded lengths keep one evidence line under MAX_LINE_CHARS, so a generation budget above that
+# always holds one complete line.
+MAX_LINE_CHARS = MAX_ATTRIBUTE_CHARS + 2 + MAX_VALUE_CHARS + 3 + MAX_VALUE_CHARS + 3 + len("different")
+# Constrains generation to the schema above (llama.cpp GBNF).
+GRAMMAR = rf"""
+root     ::= decision ("\n" evidence){{1,{MAX_EVIDENCE}}}
 decision ::= "Yes" | "No"
 evidence ::= attr ": " value " | " value " | " verdict
-attr     ::= [a-z_ ]{1,24}
-value    ::= [^|\n]{0,40}
+attr     ::= [{ATTRIBUTE_CHARS}]{{1,{MAX_ATTRIBUTE_CHARS}}}
+value    ::= [^|\n]{{0,{MAX_VALUE_CHARS}}}
 verdict  ::= "same" | "different" | "missing"
-""" % MAX_EVIDENCE
+"""
 
 
 def complete_lines(text: str) -> str:

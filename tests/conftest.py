@@ -35,3 +35,17 @@ def f32_gguf(base_gguf, tmp_path_factory) -> Path:
     params.allow_requantize = True
     assert llama_cpp.llama_model_quantize(str(base_gguf).encode(), str(out).encode(), params) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def nan_gguf(f32_gguf, tmp_path_factory) -> Path:
+    """The F32 base with garbled tensor data that still loads: its output norm is all NaN."""
+    import gguf
+    import numpy as np
+
+    norm = next(t for t in gguf.GGUFReader(f32_gguf).tensors if t.name == "output_norm.weight")
+    data = bytearray(f32_gguf.read_bytes())
+    data[norm.data_offset:norm.data_offset + norm.n_bytes] = np.full(norm.n_elements, np.nan, np.float32).tobytes()
+    out = tmp_path_factory.mktemp("gguf") / "nan.gguf"
+    out.write_bytes(bytes(data))
+    return out

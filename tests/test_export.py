@@ -255,6 +255,8 @@ def test_export_refuses_to_overwrite(tiny_export, tiny_base):
 
     result = CliRunner().invoke(main, ["export", "--base", str(tiny_base), "--out", str(tiny_export)])
     assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
+    result = CliRunner().invoke(main, ["export", "--adapter", str(tiny_base), "--no-adapter", "--out", str(tiny_export)])
+    assert result.exit_code == 2 and "alternatives" in result.output
 
 
 # -- bad input ----------------------------------------------------------------------------------

@@ -87,6 +87,11 @@ def test_empty_records_never_reach_the_model(base_gguf, small, tmp_path):
     assert "no record has text" in one_line_error(run(base_gguf, only_ids, b))
 
 
+def test_a_model_that_computes_nan_stops_the_run(nan_gguf, small, tmp_path):
+    """Garbled tensor data that loads: one line and exit 2, not a file of 0.000000 scores."""
+    assert "non-finite logits" in one_line_error(run(nan_gguf, *small, "-o", str(tmp_path / "m.csv")))
+
+
 @pytest.mark.parametrize("option", [("--top-k", "0"), ("--top-k", "-1"), ("--threshold", "2"), ("--threshold", "nan"),
                                     ("--batch-size", "0"), ("--batch-size", "-3"), ("--explain-above", "1.5"),
                                     ("--threads", "0")])
@@ -160,3 +165,10 @@ def test_fuzzed_catalogs_never_crash(base_gguf, small, tmp_path):
             one_line_error(r)
         outcomes.add(r.exit_code)
     assert outcomes == {0, 2}  # the mutations hit both kinds of input
+
+
+def test_doctor_scores_the_default_model():
+    r = CliRunner().invoke(main, ["doctor"])
+    assert r.exit_code == 0, r.output
+    line = " ".join(r.output.split())
+    assert "default model" in line and "P(match)" in line and "problem" not in line

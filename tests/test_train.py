@@ -135,6 +135,22 @@ def test_silver_evidence_on_a_real_match(data_dir):
     assert any(e.attribute == "model" and e.verdict == "same" for e in ev)
 
 
+def test_training_rationales_fit_the_generation_grammar(data_dir):
+    """The silver rationales training writes stay within what prompt.GRAMMAR lets the model generate,
+    so the format reward and inference agree on one schema."""
+    from epm_edge.train.evidence import silver_answer
+    from epm_edge.train.rewards import parse_strict
+
+    ps = load_pair_set(data_dir / "wdc_products")
+    pairs = ps.split("valid").head(200)
+    for a_id, b_id, label in zip(pairs.a_ids, pairs.b_ids, pairs.labels):
+        a, b = ps.a.records[a_id], ps.b.records[b_id]
+        answer = silver_answer(bool(label), a, b, serialize_record(a), serialize_record(b))
+        assert len(answer.evidence) <= prompt.MAX_EVIDENCE
+        assert all(len(e.a) <= prompt.MAX_VALUE_CHARS and len(e.b) <= prompt.MAX_VALUE_CHARS for e in answer.evidence)
+        assert not answer.evidence or parse_strict(answer.text()) == answer
+
+
 @pytest.fixture(scope="session")
 def real_examples(data_dir):
     return build_examples(DataConfig([data_dir / "abt_buy"], max_per_set=30), "valid")
@@ -379,11 +395,16 @@ def test_extrapolation_moves_past_the_rl_adapter(sft_adapter, tiny_base, tmp_pat
     from transformers import AutoConfig
 
     from epm_edge.export.merge import check_adapter, resolve_base
-    from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge import model_settings
+    from epm_edge.runtime.provenance import read_sidecar, write_sidecar
     from epm_edge.train.extrapolate import extrapolate
 
     rl = tmp_path / "rl"
     shutil.copytree(sft_adapter, rl)
+    tuned = read_sidecar(rl)  # cuts tuned on the RL weights, one order and both
+    for both in (False, True):
+        tuned = model_settings.with_adapter_cut(tuned, "Q8_0", 0.4, both, "valid")
+    write_sidecar(rl, tuned)
     sft_w = _adapter(sft_adapter)
     # an "RL" change inside the SFT adapter's own subspace, so that the rank cut loses nothing
     save_file({k: v * 1.5 if "lora_B" in k else v for k, v in sft_w.items()}, str(rl / "adapter_model.safetensors"))
@@ -397,6 +418,7 @@ def test_extrapolation_moves_past_the_rl_adapter(sft_adapter, tiny_base, tmp_pat
                                    atol=2e-3 * float(d_sft.abs().max()) + 1e-6, rtol=0)
     meta = read_sidecar(tmp_path / "x")
     assert meta["extrapolation"]["alpha"] == 2.0 and meta["prompt_version"] == prompt.PROMPT_VERSION
+    assert not set(meta) & set(model_settings.ALL_KEYS)  # the new weights get cuts of their own
     check_adapter(tmp_path / "x", resolve_base(tiny_base), AutoConfig.from_pretrained(tiny_base))
 
     save_file({k: v for k, v in sft_w.items() if "q_proj" not in k}, str(rl / "adapter_model.safetensors"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from epm_edge import __version__, model_store
 from epm_edge.console import err
 from epm_edge.errors import ModelError
+from epm_edge.model_settings import adapter_file_cuts
 from epm_edge.runtime.provenance import read_sidecar
 
 
@@ -26,13 +27,8 @@ def gguf_metadata(prov) -> dict:
 
 
 def adapter_thresholds(adapter: Path, quant: str) -> dict[str, float]:
-    """The GGUF keys of the cuts `eval --save-threshold` stored: `threshold`, this quant type's cut
-    else the adapter's latest one (quantization shifts scores, 4-bit more than 8-bit), and
-    `threshold_both_orders`, this type's cut for scores of both record orders, where tuned."""
-    sidecar = read_sidecar(adapter)
-    found = {"threshold": sidecar.get("thresholds", {}).get(quant, sidecar.get("threshold")),
-             "threshold_both_orders": sidecar.get("thresholds_both_orders", {}).get(quant)}
-    return {k: float(v) for k, v in found.items() if v is not None}
+    """The GGUF keys of the cuts `eval --save-threshold` stored for this quant type."""
+    return adapter_file_cuts(read_sidecar(adapter), quant)
 
 
 def cached_gguf(adapter: Path, quant: str | None = None) -> Path:

@@ -43,15 +43,25 @@ def _finish(report: dict, root: Path, allow_fail: bool) -> None:
               help="Variants and accuracy budgets (default: export/default.toml).")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model: a .gguf file or a Hugging Face dir (default: the bundled SmolLM2).")
-@click.option("--adapter", type=click.Path(path_type=Path), default=None, help="PEFT adapter dir to merge.")
+@click.option("--adapter", type=click.Path(path_type=Path), default=None,
+              help="PEFT adapter dir to merge (default: the shipped models/epm-smollm2-135m, unless --base is given).")
+@click.option("--no-adapter", is_flag=True, help="Export the base model alone, untrained.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("epm-export"), show_default=True,
               help="Export dir to create.")
 @click.option("--force", is_flag=True, help="Replace an existing export dir.")
 @with_data_options
-def export_cmd(recipe, base, adapter, out_dir, force, data_dir, split, limit, threads, allow_fail):
+def export_cmd(recipe, base, adapter, no_adapter, out_dir, force, data_dir, split, limit, threads, allow_fail):
     """Merge the adapter, build GGUF and ONNX variants, and verify each keeps its accuracy budget."""
     from epm_edge.export.pipeline import run_export
     from epm_edge.export.recipe import load_recipe
+    from epm_edge.model_store import DEFAULT_ADAPTER, shipped_adapter
+
+    if no_adapter and adapter:
+        raise click.UsageError("--adapter and --no-adapter are alternatives: pass one")
+    if not (adapter or no_adapter or base):  # the model every other command runs by default
+        adapter = shipped_adapter()
+        if adapter is None:
+            raise click.UsageError(f"models/{DEFAULT_ADAPTER} not found: pass --adapter, or --no-adapter for the base")
 
     report = run_export(load_recipe(recipe), out_dir, base=base, adapter=adapter, data=data_dir, split=split,
                         limit=limit, force=force, threads=threads)

@@ -18,6 +18,7 @@ from epm_edge.errors import EpmError
 from epm_edge.export.adapter_gguf import gguf_metadata
 from epm_edge.features.cascade import FEATURES_DIR
 from epm_edge.export.recipe import Recipe, VariantSpec
+from epm_edge.model_settings import file_cuts
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 REPORT_JSON, REPORT_MD, RECIPE_COPY = "report.json", "report.md", "recipe.toml"
@@ -143,7 +144,7 @@ def _stamp(root: Path, result, data_name: str) -> None:
     from epm_edge.export.gguf_convert import set_metadata
 
     def cuts(v):
-        return {"threshold": v.threshold_one_order, "threshold_both_orders": v.threshold}
+        return file_cuts(v.threshold_one_order, v.threshold)
 
     write_sidecar(root / "merged", {**read_sidecar(root / "merged"), **cuts(result.reference)})
     for v in result.variants:

@@ -14,6 +14,7 @@ import numpy as np
 
 from epm_edge import prompt
 from epm_edge.errors import ModelError
+from epm_edge.model_settings import one_order_cut
 from epm_edge.runtime.provenance import read_sidecar
 
 
@@ -45,7 +46,7 @@ class TransformersScorer:
         if threads:
             torch.set_num_threads(threads)
         self.metadata = read_sidecar(self.path)
-        self.threshold = self.metadata.get("threshold")
+        self.threshold = one_order_cut(self.metadata)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()

@@ -24,6 +24,7 @@ import ctypes
 import functools
 import math
 import os
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
@@ -31,20 +32,45 @@ from typing import Sequence
 import llama_cpp as lc
 import numpy as np
 
-from epm_edge import prompt
+from epm_edge import model_settings, prompt
 from epm_edge.errors import ModelError
 
 _LOG_SINK = lc.llama_log_callback(lambda level, text, data: None)  # kept alive: llama.cpp holds it
 _backend_ready = False
 
 
-def _init_backend(verbose: bool = False) -> None:
+def _init_backend() -> None:
     global _backend_ready
     if not _backend_ready:
-        if not verbose:
+        if not os.environ.get("EPM_EDGE_VERBOSE"):  # set by -v (console.quiet_third_party)
             lc.llama_log_set(_LOG_SINK, ctypes.c_void_p(0))
         lc.llama_backend_init()
         _backend_ready = True
+
+
+def free_cores(window: float = 0.3) -> int:
+    """Cores not kept busy by other processes, from /proc/stat over `window` seconds (all cores
+    where that cannot be read).
+
+    llama.cpp's threads meet at a barrier after every op, so one thread that shares its core with
+    another process stalls them all: on 2 cores beside one spinning process, 2 threads scored 0.92
+    pairs/s and 1 thread 1.51; beside two, 0.17 and 1.01 (docs/threads.md)."""
+    cores = os.cpu_count() or 1
+
+    def idle_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return values[3] + values[4], sum(values[:8])  # idle + iowait; user..steal
+
+    try:
+        idle0, total0 = idle_total()
+        time.sleep(window)
+        idle1, total1 = idle_total()
+    except (OSError, ValueError, IndexError):
+        return cores
+    if total1 <= total0:
+        return cores
+    return max(1, min(cores, round(cores * (idle1 - idle0) / (total1 - total0))))
 
 
 def read_gguf_metadata(model) -> dict[str, str]:
@@ -109,12 +135,12 @@ class LlamaCppScorer:
         self.model = load_model(self.path)
         self.vocab = lc.llama_model_get_vocab(self.model)
         self.metadata = {k[4:]: v for k, v in read_gguf_metadata(self.model).items() if k.startswith("epm.")}
-        self.threshold = float(self.metadata["threshold"]) if "threshold" in self.metadata else None
+        self.threshold = model_settings.one_order_cut(self.metadata)
         self.prefix = self.tokenize(prompt.PREFIX)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
         self.max_pair_tokens = max_pair_tokens
         self.share_records = share_records
-        threads = threads or os.cpu_count() or 1
+        threads = threads or free_cores()
 
         params = lc.llama_context_default_params()
         params.n_ctx = len(self.prefix) + max_pair_tokens + 512  # + room for generation in explain()

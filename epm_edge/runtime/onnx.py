@@ -21,6 +21,7 @@ import numpy as np
 
 from epm_edge import prompt
 from epm_edge.errors import ModelError
+from epm_edge.model_settings import one_order_cut
 from epm_edge.runtime.provenance import read_sidecar
 
 MODEL_FILE = "model.onnx"
@@ -55,7 +56,7 @@ class OnnxScorer:
         if not (self.path / "tokenizer.json").exists():
             raise ModelError(f"{self.path}: tokenizer.json missing next to the ONNX model")
         self.metadata = read_sidecar(self.path)
-        self.threshold = self.metadata.get("threshold")
+        self.threshold = one_order_cut(self.metadata)
         self.batch_size = batch_size
         self.reuse_prefix = reuse_prefix
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from epm_edge import prompt
 from epm_edge.prompt import Answer, Evidence
 
-MAX_LINES = 6  # the answer grammar allows at most 6 evidence lines
-MAX_VALUE = 60  # and at most 60 characters per value
+MAX_LINES, MAX_VALUE = prompt.MAX_EVIDENCE, prompt.MAX_VALUE_CHARS  # what the answer grammar allows
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 _TITLE_FIELDS = ("title", "name")

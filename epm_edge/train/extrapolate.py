@@ -15,6 +15,7 @@ from pathlib import Path
 
 from epm_edge.errors import ModelError
 from epm_edge.export.merge import ADAPTER_WEIGHTS
+from epm_edge.model_settings import without_cuts
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 WEIGHTS = ADAPTER_WEIGHTS[0]  # safetensors: the form `train` writes and the one read here
@@ -67,7 +68,6 @@ def extrapolate(sft: Path, rl: Path, alpha: float, out: Path) -> dict:
     shutil.copyfile(Path(rl) / "adapter_config.json", out / "adapter_config.json")
     record = {"alpha": alpha, "sft": str(sft), "rl": str(rl), "rank": rank, "svd_dropped_max": round(dropped, 6)}
     # thresholds belong to the weights they were tuned on: the new adapter gets its own from `eval`
-    kept = {k: v for k, v in p_rl.items() if k not in ("threshold", "thresholds", "threshold_tuned_on")}
-    write_sidecar(out, {**kept, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    write_sidecar(out, {**without_cuts(p_rl), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "extrapolation": record})
     return record

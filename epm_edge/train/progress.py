@@ -60,7 +60,7 @@ class IntervalsFromArgs(TrainerCallback):
 class TimeLimit(TrainerCallback):
     """Ends training once `minutes` of it have passed, at the end of a step, with a last evaluation
     (where the run evaluates) and checkpoint, so the adapter is chosen and saved as at a planned end.
-    For a fixed time slot (a lent GPU, a night): the schedule was planned for all steps, so the
+    For a fixed time slot (a rented GPU, a night): the schedule was planned for all steps, so the
     learning rate has not decayed to its end when the limit cuts in."""
 
     def __init__(self, minutes: float):

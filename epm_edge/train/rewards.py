@@ -12,11 +12,11 @@ import re
 from epm_edge import prompt
 from epm_edge.train.evidence import MAX_LINES, MAX_VALUE
 
-_ATTRIBUTE = re.compile(r"[a-z_ ]{1,24}")  # as prompt.GRAMMAR
+_ATTRIBUTE = re.compile(rf"[{prompt.ATTRIBUTE_CHARS}]{{1,{prompt.MAX_ATTRIBUTE_CHARS}}}")  # as prompt.GRAMMAR
 
 
 def parse_strict(text: str) -> prompt.Answer | None:
-    """The answer if it parses and fits the grammar (1..6 evidence lines, attribute and value limits)."""
+    """The answer if it parses and fits the grammar (1..MAX_LINES evidence lines, attribute and value limits)."""
     try:
         answer = prompt.parse_answer(text)
     except prompt.AnswerFormatError:
