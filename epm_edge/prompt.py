@@ -19,6 +19,8 @@ import math
 import re
 from dataclasses import dataclass, field
 
+from epm_edge.errors import ModelError
+
 PROMPT_VERSION = "epm-v1"
 
 YES, NO = "Yes", "No"
@@ -75,9 +77,12 @@ def full_prompt(a: str, b: str) -> str:
     return PREFIX + pair_suffix(a, b)
 
 
-def match_probability(logit_yes: float, logit_no: float) -> float:
-    """P(match) from the two decision logits (a two-way softmax)."""
+def match_probability(logit_yes: float, logit_no: float, model: object = "the model") -> float:
+    """P(match) from the two decision logits (a two-way softmax). Non-finite logits (garbled or badly
+    quantized weights) are a ModelError naming `model`, never a score."""
     d = logit_yes - logit_no
+    if not math.isfinite(d):
+        raise ModelError(f"{model}: the model gave non-finite logits (corrupt or badly quantized weights)")
     return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0
 
 

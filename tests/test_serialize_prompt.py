@@ -4,6 +4,7 @@ import pytest
 
 from epm_edge import prompt
 from epm_edge.data.serialize import approx_tokens, serialize_record
+from epm_edge.errors import ModelError
 
 
 def test_serialization_orders_drops_empty_and_joins_currency():
@@ -41,3 +42,6 @@ def test_match_probability():
     assert prompt.match_probability(2.0, 2.0) == pytest.approx(0.5)
     assert prompt.match_probability(10.0, 0.0) > 0.999
     assert prompt.match_probability(-1000.0, 0.0) == 0.0
+    for bad in (float("nan"), float("inf")):  # garbled weights: an error naming the model, never a score
+        with pytest.raises(ModelError, match="m.gguf: the model gave non-finite logits"):
+            prompt.match_probability(bad, 0.0, "m.gguf")

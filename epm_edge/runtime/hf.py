@@ -73,7 +73,7 @@ class TransformersScorer:
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
                                     logits_to_keep=1, use_cache=False).logits[:, -1, :]
             for i, row in enumerate(logits.float()):
-                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]))
+                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
         return out
 
     def close(self) -> None:

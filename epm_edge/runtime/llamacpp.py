@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import math
 import os
 import time
 from collections import defaultdict
@@ -203,10 +202,7 @@ class LlamaCppScorer:
 
     def _probability(self, index: int) -> float:
         row = lc.llama_get_logits_ith(self.ctx, index)
-        yes, no = row[self.yes], row[self.no]
-        if not (math.isfinite(yes) and math.isfinite(no)):
-            raise ModelError(f"{self.path}: the model gave non-finite logits (corrupt or badly quantized weights)")
-        return prompt.match_probability(yes, no)
+        return prompt.match_probability(row[self.yes], row[self.no], self.path)
 
     def _score_after(self, base_seq: int, pos: int, tokens: list[int]) -> float:
         """P(match) of `tokens` continuing sequence `base_seq` at position `pos`."""

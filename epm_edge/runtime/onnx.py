@@ -121,7 +121,7 @@ class OnnxScorer:
                 feed.update(self._empty_past(n))
             logits = self.session.run(["logits"], feed)[0][:, -1, :]
             for i, row in enumerate(logits):
-                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]))
+                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
         return out
 
     def close(self) -> None:
