@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from epm_edge import __version__
+from epm_edge.data.serialize import MIN_RECORD_TOKENS
 from epm_edge.errors import EpmError
 from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
 from epm_edge.model_store import ADAPTER_QUANTS, model_identity, sha256_file
@@ -65,8 +66,6 @@ class Probability(click.FloatRange):
 
 
 PROBABILITY = Probability()
-# Below this a record keeps hardly more than its first attribute name; at 0 every record is empty.
-MIN_RECORD_TOKENS = 16
 record_tokens_option = click.option("--record-tokens", type=click.IntRange(min=MIN_RECORD_TOKENS), default=64,
                                     show_default=True, help="Token budget per serialized record.")
 threshold_option = click.option("--threshold", type=PROBABILITY, default=None,
@@ -86,7 +85,8 @@ quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), defaul
                                  "cached [default: BF16 where llama.cpp has AVX512_BF16 and no AMX, else Q8_0].")
 backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
                               help="Runtime (default: from the model path).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: the cores other processes leave idle; llama.cpp).")
+threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                               help="CPU threads (default: the cores other processes leave idle).")
 # Both orders by default: a pair's score should not depend on which catalog came first, and on the four
 # benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
 both_orders_option = click.option("--both-orders/--one-order", default=None,
@@ -97,7 +97,8 @@ cascade_option = click.option("--cascade", "cascade_mode", default="auto", show_
                               help="auto: the model's feature stage settles the pairs it is sure of and is fused with "
                                    "the LLM on the rest (when the model has one); off: the LLM scores every pair; DIR: "
                                    "a features dir (matcher.txt, cascade.json).")
-batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per forward pass.")
+batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+                             help="Pairs per forward pass.")
 
 
 def _cascade(mode, model_path, both_orders):
@@ -155,7 +156,8 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @click.option("--assignment", "assignment", type=click.Choice(["greedy", "hungarian"]),
               help="One-to-one assignment method.")
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
-@click.option("--explain-above", type=PROBABILITY, default=None, help="Explain pairs scoring at least this (default: the threshold).")
+@click.option("--explain-above", type=PROBABILITY, default=None,
+              help="Explain pairs scoring at least this (default: the threshold).")
 @click.option("--force", is_flag=True, help="Start over: replace the output file of an earlier run.")
 def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
           top_k, threshold,
@@ -177,12 +179,15 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
     b = read_catalog(catalog_b, id_col=id_col_b, columns=_columns(columns_b))
     err.print(f"[bold]A[/] {a.path} ({len(a)} records)   [bold]B[/] {b.path} ({len(b)} records)")
-    for name, catalog in (("A", a), ("B", b)):
+
+    def without_empty(name, catalog):
         kept, empty = drop_empty_records(catalog, record_tokens)
         if empty:
             err.print(f"[yellow]{name}: {len(empty)} record(s) with no attribute text get no match:[/] "
                       + ", ".join(empty[:10]) + (", ..." if len(empty) > 10 else ""))
-        a, b = (kept, b) if name == "A" else (a, kept)
+        return kept
+
+    a, b = without_empty("A", a), without_empty("B", b)
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from epm_edge.data.serialize import MIN_RECORD_TOKENS
+
 
 def _ints(ctx, param, value: str) -> tuple[int, ...]:
     try:
@@ -32,13 +34,15 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
               help="Comma-separated variant names or patterns, e.g. 'gguf-q4*,onnx-int8,tfidf' (default: all found).")
 @click.option("--threads", default=str(os.cpu_count() or 1), show_default=True, callback=_ints,
               help="CPU threads; several comma-separated values measure each variant at each.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Pairs per forward pass (throughput).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Pairs per forward pass (throughput).")
 @click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of every timing.")
 @click.option("--timing-pairs", type=click.IntRange(1), default=256, show_default=True,
               help="Pairs (head of the split) scored in each repeated throughput run; accuracy uses the whole split.")
 @click.option("--latency-pairs", type=click.IntRange(1), default=32, show_default=True,
               help="Pairs scored one at a time per repetition for the latency figures.")
-@click.option("--record-tokens", type=click.IntRange(min=16), default=64, show_default=True, help="Token budget per serialized record.")
+@click.option("--record-tokens", type=click.IntRange(min=MIN_RECORD_TOKENS), default=64, show_default=True,
+              help="Token budget per serialized record.")
 @click.option("--both-orders/--one-order", default=True, show_default=True,
               help="Score each pair as A/B and B/A, as `epm-edge match` does by default (pairs/s and latency "
                    "count the two scorings as one pair), or as A/B only.")

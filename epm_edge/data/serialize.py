@@ -35,6 +35,10 @@ def _clip(text: str, budget: int) -> str:
     return " ".join(out)
 
 
+# Below this a record keeps hardly more than its first attribute name; at 0 every record is empty.
+MIN_RECORD_TOKENS = 16
+
+
 def _clean(text: str) -> str:
     return " ".join(text.split()).replace("|", "/")
 

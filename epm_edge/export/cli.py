@@ -13,7 +13,8 @@ data_options = [
                  help="Labelled pairs to verify on (default: the adapter's training data, else the recipe's)."),
     click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]),
                  help="Split to verify on (default: the recipe's, valid)."),
-    click.option("--limit", type=click.IntRange(min=1), default=None, help="Verify on the first N pairs (default: the recipe's)."),
+    click.option("--limit", type=click.IntRange(min=1), default=None,
+                 help="Verify on the first N pairs (default: the recipe's)."),
     click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores)."),
     click.option("--allow-fail", is_flag=True, help="Exit 0 even if a variant breaks its accuracy budget."),
 ]

@@ -41,7 +41,8 @@ def drop_empty_records(catalog: Catalog, max_tokens: int) -> tuple[Catalog, list
     empty = [rid for rid, text in serialized(catalog, max_tokens).items() if not text]
     if len(empty) == len(catalog):
         raise InputError(catalog.path, f"no record has text in the columns {', '.join(catalog.columns)}")
-    kept = {rid: rec for rid, rec in catalog.records.items() if rid not in set(empty)}
+    gone = set(empty)
+    kept = {rid: rec for rid, rec in catalog.records.items() if rid not in gone}
     return dataclasses.replace(catalog, records=kept), empty
 
 
