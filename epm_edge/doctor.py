@@ -87,13 +87,15 @@ def model_status() -> str:
 
 
 def host_load() -> str:
-    """The 1-minute load against the cores: llama.cpp's threads wait by spinning, so on a busy host
-    every thread beyond the free cores slows all of them down."""
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
-    if load < cores * 0.5:
-        return f"{load:.1f} on {cores} cores"
-    return (f"[yellow]busy: {load:.1f} on {cores} cores[/]; other processes are using the CPU: pass --threads "
-            "with the cores free for epm-edge (docs/threads.md)")
+    """The cores other processes leave idle, measured as the scorer measures its default --threads:
+    llama.cpp's threads wait for each other at every op, so on a busy host extra threads slow all."""
+    from epm_edge.runtime.llamacpp import free_cores
+
+    free, cores = free_cores(), os.cpu_count() or 1
+    if free == cores:
+        return f"idle: {cores} of {cores} cores free"
+    return (f"[yellow]busy: {free} of {cores} cores free[/]; `match` uses {free} thread(s) unless --threads says "
+            "otherwise (docs/threads.md)")
 
 
 def report() -> Table:

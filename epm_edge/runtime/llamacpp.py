@@ -52,8 +52,8 @@ def free_cores(window: float = 0.3) -> int:
     where that cannot be read).
 
     llama.cpp's threads meet at a barrier after every op, so one thread that shares its core with
-    another process stalls them all: on 2 cores beside one spinning process, 2 threads scored 0.92
-    pairs/s and 1 thread 1.51; beside two, 0.17 and 1.01 (docs/threads.md)."""
+    another process stalls them all: on 2 cores beside one spinning process, 2 threads scored 0.86
+    pairs/s and 1 thread 1.65 (bench/threads_contention.py, docs/threads.md)."""
     cores = os.cpu_count() or 1
 
     def idle_total() -> tuple[int, int]:
