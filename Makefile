@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # llama.cpp is compiled for this CPU (-march=native) from llama-cpp-python's source, with two lines of its AMX
-# matmul (Xeon 4th gen+; scorer 5.7 -> 9.6 pairs/s on a 2-core Xeon, bench/reports/scorer-speed.md) patched:
+# matmul (Xeon 4th gen+; scorer 5.7 -> 9.6 pairs/s on a 2-core Xeon, reports/scorer-speed.md) patched:
 # - it loads the tile config once per thread and then trusts it, but torch's bf16 kernels (oneDNN) release the
 #   tiles on the same OpenMP threads, so a later llama.cpp matmul in that process dies (SIGILL) or returns
 #   garbage: patched to load the config on every call (one instruction per matmul chunk);
@@ -50,7 +50,7 @@ test: $(STAMP)
 # slowest rows of the earlier one-order report. BENCH_ARGS adds or overrides options.
 EXPORT ?= epm-export
 DATA ?= ../shared/data
-BENCH_OUT ?= bench/reports/cpu-$(shell nproc)core
+BENCH_OUT ?= reports/cpu-$(shell nproc)core
 BENCH_ARGS ?=
 $(EXPORT)/report.json: | $(STAMP)
 	$(BIN)/epm-edge export --adapter models/epm-smollm2-135m --out $(EXPORT) --allow-fail

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import tempfile
@@ -13,10 +12,12 @@ from pathlib import Path
 import click
 
 from epm_edge import __version__
-from epm_edge.data.serialize import MIN_RECORD_TOKENS
+from epm_edge.cli_options import (PROBABILITY, backend_option, batch_option, both_orders_option, cascade_option,
+                                  data_option, force_option, limit_option, model_option, out_option, quant_option,
+                                  record_tokens_option, threads_option, threshold_option)
 from epm_edge.errors import EpmError
 from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
-from epm_edge.model_store import ADAPTER_QUANTS, model_identity, sha256_file
+from epm_edge.model_store import model_identity, sha256_file
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -50,55 +51,8 @@ def main(verbose):
     quiet_third_party(verbose)
 
 
-class Probability(click.FloatRange):
-    """A number in [0, 1]; click's FloatRange alone lets NaN through."""
-
-    name = "probability"
-
-    def __init__(self):
-        super().__init__(0.0, 1.0)
-
-    def convert(self, value, param, ctx):
-        value = super().convert(value, param, ctx)
-        if math.isnan(value):
-            self.fail("nan is not a number in the range 0<=x<=1", param, ctx)
-        return value
-
-
-PROBABILITY = Probability()
-record_tokens_option = click.option("--record-tokens", type=click.IntRange(min=MIN_RECORD_TOKENS), default=64,
-                                    show_default=True, help="Token budget per serialized record.")
-threshold_option = click.option("--threshold", type=PROBABILITY, default=None,
-                                help="Decision threshold (default: stored with the model, else 0.5).")
-
-
 def _columns(value: str | None) -> list[str] | None:
     return [c.strip() for c in value.split(",") if c.strip()] if value else None
-
-
-model_option = click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
-                             help="A .gguf file, a trained adapter dir (run as a GGUF, see --quant), an ONNX variant "
-                                  "dir or a merged HF dir (default: models/epm-smollm2-135m if present, else the "
-                                  "bundled base).")
-quant_option = click.option("--quant", type=click.Choice(ADAPTER_QUANTS), default=None,
-                            help="GGUF type a trained adapter (and the default model) runs as, built once and "
-                                 "cached [default: BF16 where llama.cpp has AVX512_BF16 and no AMX, else Q8_0].")
-backend_option = click.option("--backend", type=click.Choice(["llamacpp", "onnx", "transformers"]), default=None,
-                              help="Runtime (default: from the model path).")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                               help="CPU threads (default: the cores other processes leave idle).")
-# Both orders by default: a pair's score should not depend on which catalog came first, and on the four
-# benchmarks' test splits it lifted the default model's mean F1 from 73.8 to 76.3 (model card).
-both_orders_option = click.option("--both-orders/--one-order", default=None,
-                                   help="Score each pair as A/B and B/A and combine (symmetric, more accurate), or "
-                                        "as A/B only (one scoring a pair instead of two) [default: both, or what "
-                                        "the model's cascade was fitted on].")
-cascade_option = click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|DIR",
-                              help="auto: the model's feature stage settles the pairs it is sure of and is fused with "
-                                   "the LLM on the rest (when the model has one); off: the LLM scores every pair; DIR: "
-                                   "a features dir (matcher.txt, cascade.json).")
-batch_option = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-                             help="Pairs per forward pass.")
 
 
 def _cascade(mode, model_path, both_orders):
@@ -117,13 +71,9 @@ def _cascade(mode, model_path, both_orders):
 
 def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orders=False):
     """(the model as given or the default, its scorer). `quant` applies to adapter dirs only."""
-    from epm_edge.model_store import default_model
-    from epm_edge.runtime import load_scorer
+    from epm_edge.resolve import open_scorer
 
-    if quant and model_path and not (Path(model_path) / "adapter_config.json").exists():
-        raise click.UsageError(f"--quant applies to trained adapter dirs; {model_path} is not one")
-    path = model_path or default_model(quant)
-    scorer = load_scorer(path, backend=backend, threads=threads, batch_size=batch_size, quant=quant)
+    path, scorer = open_scorer(model_path, backend, threads, batch_size, quant)
     if both_orders:
         from epm_edge.runtime.orders import BothOrders
 
@@ -134,12 +84,11 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @main.command()
 @click.argument("catalog_a", type=click.Path(path_type=Path))
 @click.argument("catalog_b", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
-              help="Result file (.csv or .jsonl); resumable. Default: CSV on stdout.")
-@model_option
+@out_option("Result file (.csv or .jsonl); resumable. Default: CSV on stdout.", default=None)
+@model_option()
 @quant_option
 @backend_option
-@threads_option
+@threads_option()
 @batch_option
 @both_orders_option
 @cascade_option
@@ -158,8 +107,8 @@ def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orde
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
 @click.option("--explain-above", type=PROBABILITY, default=None,
               help="Explain pairs scoring at least this (default: the threshold).")
-@click.option("--force", is_flag=True, help="Start over: replace the output file of an earlier run.")
-def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
+@force_option
+def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
           top_k, threshold,
           id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
@@ -170,12 +119,12 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     from epm_edge.match.run import drop_empty_records, run_match
     from epm_edge.report.tables import match_table
 
-    if output is not None:
-        if output.is_dir():
-            raise click.UsageError(f"-o {output} is a directory: pass a result file (.csv or .jsonl)")
+    if out_path is not None:
+        if out_path.is_dir():
+            raise click.UsageError(f"-o {out_path} is a directory: pass a result file (.csv or .jsonl)")
         for catalog in (catalog_a, catalog_b):
-            if output.resolve() == catalog.resolve():
-                raise click.UsageError(f"-o {output} is an input catalog: choose another output file")
+            if out_path.resolve() == catalog.resolve():
+                raise click.UsageError(f"-o {out_path} is an input catalog: choose another result file")
     a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
     b = read_catalog(catalog_b, id_col=id_col_b, columns=_columns(columns_b))
     err.print(f"[bold]A[/] {a.path} ({len(a)} records)   [bold]B[/] {b.path} ({len(b)} records)")
@@ -206,7 +155,7 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
               + (f"; cascade: {cascade.path}" if cascade else ""))
-    target = output or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
+    target = out_path or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     # everything that decides the rows: a resumed run with any of it changed would mix two runs
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
                 "catalog_a_sha256": sha256_file(catalog_a), "catalog_b_sha256": sha256_file(catalog_b),
@@ -227,32 +176,31 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
         task = bar.add_task("scoring", total=len(cands))
         summary = run_match(a, b, cands, scorer, target, settings, thr, batch_size=batch_size,
                             record_tokens=record_tokens, explain=explain, explain_above=explain_above,
-                            assignment=assignment, force=force or output is None, cascade=cascade,
+                            assignment=assignment, force=force or out_path is None, cascade=cascade,
                             on_start=lambda done: bar.update(task, completed=done), on_batch=advance)
     scorer.close()
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     err.print(f"scored {summary.scored} pairs in {summary.seconds:.1f}s ({rate:.1f} pairs/s"
               + (f", {summary.to_llm} by the LLM" if cascade else "") + ")"
-              + (f", {summary.resumed} resumed from {output}" if summary.resumed else "")
+              + (f", {summary.resumed} resumed from {out_path}" if summary.resumed else "")
               + f"; {summary.matches} matches")
-    if output is None:
+    if out_path is None:
         sys.stdout.write(target.read_text(encoding="utf-8"))
     else:
         err.print(match_table(summary.rows, a, b))
-        err.print(f"results: {output}")
+        err.print(f"results: {out_path}")
 
 
 @main.command("eval")
-@click.option("--data", "data_dirs", required=True,
-              help="Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.")
+@data_option()
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "valid", "test"]))
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Score only the first N pairs.")
+@limit_option("Score only the first N pairs.")
 @click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
-@model_option
+@model_option()
 @quant_option
 @backend_option
-@threads_option
+@threads_option()
 @batch_option
 @both_orders_option
 @click.option("--cascade", "cascade_mode", default="auto", show_default=True, metavar="auto|off|features-only|DIR",
@@ -269,7 +217,7 @@ def match(catalog_a, catalog_b, output, model_path, quant, backend, threads, bat
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir: its default "
                    "cut for this GGUF type and way of scoring (both orders, or one with --one-order).")
-def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
+def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
              threshold, tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
@@ -284,7 +232,7 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
                                f"pass --tune-limit N and --skip N or more")
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
-    dirs = [Path(d.strip()) for d in data_dirs.split(",") if d.strip()]
+    dirs = [Path(d.strip()) for d in data.split(",") if d.strip()]
     from epm_edge.features.cascade import Cascade
 
     stage, both_orders = _cascade(cascade_mode, model_path, both_orders)
@@ -334,9 +282,9 @@ def eval_cmd(data_dirs, split, limit, skip, model_path, quant, backend, threads,
               help="Benchmark dir with tableA.csv, tableB.csv and split files.")
 @click.option("--top-k", type=click.IntRange(min=1), default=20, show_default=True, help="Candidates per A record.")
 @click.option("--eval", "evaluate", is_flag=True, help="Report pair completeness against the labelled positives.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the candidates as CSV.")
+@out_option("Write the candidates as CSV.", default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def block(data_dir, top_k, evaluate, output, as_json):
+def block(data_dir, top_k, evaluate, out_path, as_json):
     """Candidate pairs for a benchmark dir, with blocking quality (--eval)."""
     from epm_edge.console import err, out
     from epm_edge.data import load_pair_set
@@ -350,9 +298,9 @@ def block(data_dir, top_k, evaluate, output, as_json):
     if evaluate:
         positives = ps.positives()
         result.update(positives=len(positives), pair_completeness=pair_completeness(cands, positives))
-    if output:
-        write_candidates(cands, output)
-        err.print(f"candidates: {output}")
+    if out_path:
+        write_candidates(cands, out_path)
+        err.print(f"candidates: {out_path}")
     if as_json:
         click.echo(json.dumps(result))
     else:

@@ -79,5 +79,8 @@ def quiet_third_party(verbose: bool) -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     warnings.filterwarnings("ignore")
+    # Some libraries log to the root logger, and onnxruntime's quantizer calls basicConfig(INFO) on
+    # import; configured first, the root keeps ERROR (epm-edge itself prints with rich, not logging).
+    logging.basicConfig(level=logging.ERROR)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -69,12 +69,11 @@ def model_status() -> str:
     """Where the default model is, and what it scores on two known pairs: a model that loads but
     computes garbage (non-finite logits) is reported here before it is trusted with a catalog."""
     from epm_edge.errors import EpmError
-    from epm_edge.model_store import default_model, home
-    from epm_edge.runtime import load_scorer
+    from epm_edge.model_store import home
+    from epm_edge.resolve import open_scorer
 
     try:
-        path = default_model()
-        scorer = load_scorer(path)
+        path, scorer = open_scorer()
         try:
             same, other = scorer.score([SAME, OTHER])
         finally:

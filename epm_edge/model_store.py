@@ -21,17 +21,6 @@ DEFAULT_ADAPTER = "epm-smollm2-135m"  # under models/: trained by `epm-edge trai
 ADAPTER_QUANTS = ("BF16", "Q8_0", "Q4_K_M", "Q4_0")  # the GGUF types a trained adapter may run as
 
 
-def default_quant() -> str:
-    """The GGUF type a trained adapter runs as unless `--quant` says otherwise, by what was measured
-    (model card, "Quantization of the default model"; bench/reports/scorer-speed*.md): BF16 where this
-    llama.cpp build multiplies bfloat16 natively (AVX512_BF16) and has no AMX backend (on the AVX-512
-    EPYC measured, the fastest type in the scorer and as close to the fp32 model as F16); else Q8_0,
-    the fastest type with AMX tiles, within 0.5 F1 point of fp32 wherever it was verified."""
-    from epm_edge.runtime.llamacpp import amx_build, build_features
-
-    return "BF16" if "AVX512_BF16" in build_features() and not amx_build() else "Q8_0"
-
-
 def home() -> Path:
     env = os.environ.get("EPM_EDGE_HOME")
     root = Path(env) if env else Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "epm-edge"
@@ -90,22 +79,9 @@ def base_gguf() -> Path:
 
 
 def shipped_adapter() -> Path | None:
-    """The trained default adapter in the repo's models/ dir (see its MODEL_CARD.md), if present."""
-    path = Path(__file__).resolve().parent.parent / "models" / DEFAULT_ADAPTER
-    return path if (path / "adapter_config.json").exists() else None
-
-
-def default_model(quant: str | None = None) -> Path:
-    """The model `epm-edge match` uses when none is given: the shipped adapter merged into the
-    bundled base as a GGUF of type `quant` (default: default_quant(); built on first use, then cached), else
-    the untrained base."""
-    adapter = shipped_adapter()
-    if adapter is None:
-        from epm_edge.console import err
-
-        err.print(f"[yellow]warning:[/] models/{DEFAULT_ADAPTER} not found: using the untrained base model "
-                  "(zero-shot, weak); pass --model to choose one")
-        return base_gguf()
-    from epm_edge.export.adapter_gguf import cached_gguf
-
-    return cached_gguf(adapter, quant)
+    """The trained default adapter (see its MODEL_CARD.md), if present: in the installed package
+    (epm_edge/models/), or in models/ of a source checkout."""
+    here = Path(__file__).resolve().parent
+    found = [p for p in (here / "models" / DEFAULT_ADAPTER, here.parent / "models" / DEFAULT_ADAPTER)
+             if (p / "adapter_config.json").exists()]
+    return found[0] if found else None

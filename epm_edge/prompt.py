@@ -77,6 +77,14 @@ def full_prompt(a: str, b: str) -> str:
     return PREFIX + pair_suffix(a, b)
 
 
+def prompt_segments(text: str) -> list[tuple[str, bool]]:
+    """A `full_prompt` string back as (text, is_template) pieces: trainers receive prompts as strings
+    and must tokenize them as the runtimes do (`pair_segments`)."""
+    if not (text.startswith(PREFIX) and text.endswith(_ANSWER_START)):
+        raise ValueError("not a prompt of this schema: it must start with PREFIX and end at the answer start")
+    return [(PREFIX, True), (text[len(PREFIX):-len(_ANSWER_START)], False), (_ANSWER_START, True)]
+
+
 def match_probability(logit_yes: float, logit_no: float, model: object = "the model") -> float:
     """P(match) from the two decision logits (a two-way softmax). Non-finite logits (garbled or badly
     quantized weights) are a ModelError naming `model`, never a score."""

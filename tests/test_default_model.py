@@ -6,12 +6,13 @@ import json
 import numpy as np
 import pytest
 
-from epm_edge import model_store
+from epm_edge import model_store, resolve
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.scoring import serialize_pairs
 from epm_edge.export.gguf_convert import read_metadata
 from epm_edge.export.merge import adapter_sha256, resolve_base
 from epm_edge.runtime import load_scorer
+from epm_edge.resolve import open_scorer
 from epm_edge.runtime.provenance import SIDECAR
 
 
@@ -48,11 +49,11 @@ def random_adapter(tmp_path, base_gguf):
 def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_dir):
     ps = load_pair_set(data_dir / "abt_buy")
     pairs = serialize_pairs(ps, ps.split("valid").head(6))
-    scorer = load_scorer(random_adapter, batch_size=6)
+    scorer = open_scorer(random_adapter, batch_size=6)[1]
     built = scorer.path
     assert built.parent == home / "adapters" and built.suffix == ".gguf"
     meta = read_metadata(built)
-    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == model_store.default_quant()
+    assert meta["adapter_sha256"] == adapter_sha256(random_adapter) and meta["quant"] == resolve.default_quant()
     assert scorer.threshold == pytest.approx(0.37)
     tuned = scorer.score(pairs)
     scorer.close()
@@ -60,11 +61,11 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     assert np.abs(tuned - base.score(pairs)).max() > 0.02  # the adapter is applied
     base.close()
     mtime = built.stat().st_mtime_ns
-    again = load_scorer(random_adapter)
+    again = open_scorer(random_adapter)[1]
     assert again.path == built and built.stat().st_mtime_ns == mtime  # cached, not rebuilt
     again.close()
-    other = next(q for q in model_store.ADAPTER_QUANTS if q != model_store.default_quant())
-    requantized = load_scorer(random_adapter, batch_size=6, quant=other)  # `--quant`: a second cached GGUF
+    other = next(q for q in model_store.ADAPTER_QUANTS if q != resolve.default_quant())
+    requantized = open_scorer(random_adapter, batch_size=6, quant=other)[1]  # `--quant`: a second cached GGUF
     assert requantized.path != built and read_metadata(requantized.path)["quant"] == other
     assert np.abs(requantized.score(pairs) - tuned).max() < 0.1  # the same model, quantized otherwise
     requantized.close()
@@ -81,14 +82,14 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     assert result.exit_code == 0, result.output
     stored = json.loads((random_adapter / SIDECAR).read_text())
     assert stored["threshold"] != 0.37 and stored["threshold_tuned_on"].startswith("train: 24 pairs")
-    assert stored["thresholds"] == {model_store.default_quant(): stored["threshold"]}
-    restamped = load_scorer(random_adapter)
+    assert stored["thresholds"] == {resolve.default_quant(): stored["threshold"]}
+    restamped = open_scorer(random_adapter)[1]
     assert restamped.path == built and restamped.threshold == pytest.approx(stored["threshold"], abs=1e-6)
     restamped.close()
     # a quant type with a cut of its own gets it; the others get the latest one tuned
     (random_adapter / SIDECAR).write_text(json.dumps({**stored, "thresholds": {**stored["thresholds"], other: 0.21}}))
-    for q, cut in ((other, 0.21), (model_store.default_quant(), stored["threshold"])):
-        s = load_scorer(random_adapter, quant=q)
+    for q, cut in ((other, 0.21), (resolve.default_quant(), stored["threshold"])):
+        s = open_scorer(random_adapter, quant=q)[1]
         assert s.threshold == pytest.approx(cut, abs=1e-6)
         s.close()
     # scoring both orders (the default) has a cut of its own, stamped beside the one-order cut it leaves alone
@@ -97,9 +98,9 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     both = json.loads((random_adapter / SIDECAR).read_text())
-    cut = both["thresholds_both_orders"][model_store.default_quant()]
+    cut = both["thresholds_both_orders"][resolve.default_quant()]
     assert both["thresholds"] == {**stored["thresholds"], other: 0.21}
-    s = load_scorer(random_adapter)
+    s = open_scorer(random_adapter)[1]
     assert read_metadata(s.path)["threshold_both_orders"] == pytest.approx(cut, abs=1e-6)
     assert s.threshold == pytest.approx(stored["threshold"], abs=1e-6)
     assert BothOrders(s).threshold == pytest.approx(cut, abs=1e-6)
@@ -108,7 +109,7 @@ def test_adapter_dir_runs_as_cached_gguf(home, random_adapter, base_gguf, data_d
 
 def test_default_model_is_the_shipped_adapter_else_the_base(home):
     adapter = model_store.shipped_adapter()
-    path = model_store.default_model()
+    path = resolve.default_model()
     if adapter is None:  # no trained default committed yet: the bundled base, with a warning
         assert path == model_store.base_gguf()
     else:
@@ -123,7 +124,7 @@ def test_shipped_adapter_tells_matches_from_non_matches(data_dir):
 
     if model_store.shipped_adapter() is None:
         pytest.skip(f"models/{model_store.DEFAULT_ADAPTER} is not committed")
-    scorer = load_scorer(model_store.default_model(), batch_size=16)
+    scorer = load_scorer(resolve.default_model(), batch_size=16)
     labels, scores = [], []
     for name in ("abt_buy", "amazon_google", "walmart_amazon", "wdc_products"):
         ps = load_pair_set(data_dir / name)

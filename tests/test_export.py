@@ -140,6 +140,24 @@ def test_full_precision_variants_agree_with_reference(tiny_export):
     assert by_name["onnx-fp32"]["flip_rate"] == 0
 
 
+@pytest.mark.parametrize("variant", ["merged", "onnx/fp32", "onnx/int8", "onnx/int8-block", "onnx/int4"])
+def test_batch_neighbours_do_not_move_a_score(tiny_export, variant):
+    """A pair scores the same alone, in a batch of others and in another order (issue: dynamic
+    int8 activation scales and padding are per batch in ONNX Runtime)."""
+    from epm_edge.runtime import load_scorer
+
+    pairs = [(f"{b} model {100 + i}x black" + " extra words" * (i % 4), f"{b.upper()} {100 + i}X")
+             for i, b in enumerate(["sony", "samsung", "lg", "philips", "canon", "nikon", "bose", "jbl"])]
+    scorer = load_scorer(tiny_export / variant, batch_size=8)
+    try:
+        alone = np.array([scorer.score([p])[0] for p in pairs])
+        together = scorer.score(pairs)
+        reordered = scorer.score(pairs[::-1])[::-1]
+    finally:
+        scorer.close()
+    assert np.abs(together - alone).max() < 1e-5 and np.abs(reordered - alone).max() < 1e-5
+
+
 def test_int4_onnx_is_small(tiny_export):
     """The tied embedding/lm_head is quantized and stored once: the fp32 export holds it twice, so
     int4 (4 bits + a 32-bit scale per 32 weights) must come in under a tenth of fp32; block int8
@@ -239,10 +257,10 @@ def test_verify_fails_over_budget_and_names_variant(tiny_export):
         '[[variants]]\nname = "gguf-q4_0"\nformat = "gguf"\nquant = "Q4_0"\nmax_delta_f1 = 100\nmax_flip_rate = -1\n'
         '[[variants]]\nname = "onnx-int8"\nformat = "onnx"\nquant = "int8"\nmax_delta_f1 = 100\nmax_flip_rate = 1\n')
     try:
-        result = CliRunner().invoke(main, ["verify", "--export", str(tiny_export), "--limit", "6"])
+        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--limit", "6"])
         assert result.exit_code == 2
         assert "over budget: gguf-q4_0 " in result.output
-        result = CliRunner().invoke(main, ["verify", "--export", str(tiny_export), "--limit", "6", "--allow-fail"])
+        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--limit", "6", "--allow-fail"])
         assert result.exit_code == 0, result.output
         report = json.loads((tiny_export / "report.json").read_text())
         assert report["passed"] is False and report["n_pairs"] == 6
@@ -360,7 +378,7 @@ def test_unloadable_gguf_base(tmp_path, base_gguf):
 def test_verify_needs_an_export_dir(tmp_path):
     from epm_edge.cli import main
 
-    result = CliRunner().invoke(main, ["verify", "--export", str(tmp_path)])
+    result = CliRunner().invoke(main, ["verify", "--model", str(tmp_path)])
     assert result.exit_code == 2 and "not an epm-edge export dir" in result.output
 
 

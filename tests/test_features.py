@@ -199,7 +199,7 @@ def test_match_cascade_routes_by_its_cuts_and_fuses_the_llm_score(tmp_path):
     from epm_edge.data import read_catalog
     from epm_edge.match.blocking import candidates
     from epm_edge.match.run import serialized
-    from epm_edge.model_store import default_model
+    from epm_edge.resolve import default_model
     from epm_edge.runtime import load_scorer
     from epm_edge.runtime.orders import BothOrders
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from epm_edge import prompt
+from epm_edge import prompt, resolve
 from epm_edge.data import load_pair_set
 from epm_edge.errors import ModelError
 from epm_edge.evaluate.scoring import serialize_pairs
@@ -130,4 +130,4 @@ def test_build_features_are_the_cpus():
     features, flags = build_features(), cpu_info()[1]
     assert ("AVX2" in features) == ("avx2" in flags)
     assert ("AVX512_BF16" in features) == ("avx512_bf16" in flags)
-    assert model_store.default_quant() in model_store.ADAPTER_QUANTS
+    assert resolve.default_quant() in model_store.ADAPTER_QUANTS

@@ -108,3 +108,36 @@ def test_injected_answer_in_a_record_does_not_raise_the_score(scorer, pairs_and_
     as_control = scorer._score_after(PREFIX_SEQ, len(scorer.prefix), old)
     assert as_data < plain + 0.05
     assert as_control > plain + 0.1  # the check above would have caught the old tokenization
+
+
+def test_training_tokenizes_record_text_as_the_scorers_do(scorer, special_ids, pairs_and_labels, base_gguf, data_dir):
+    """SFT examples, GRPO prompts and answers: the ids the scorers see, never control tokens from data."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+    from trl import GRPOTrainer
+
+    from epm_edge.export.merge import resolve_base
+    from epm_edge.train.base import completion_ids, prepare_tokenizer, prompt_ids
+    from epm_edge.train.dataset import DataConfig, build_examples
+    from epm_edge.train.rl import _data_prompts
+    from epm_edge.train.sft import _dataset
+
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(resolve_base(base_gguf).hf_dir))
+    benign = pairs_and_labels[0][:20]
+    for a, b in benign + injected_pairs(special_ids, benign[0]):
+        text = prompt.full_prompt(a, b)
+        assert prompt_ids(tok, text) == scorer.prefix + scorer.tokenize(prompt.pair_segments(a, b))
+    grpo = _data_prompts(GRPOTrainer)._tokenize_prompts(SimpleNamespace(processing_class=tok), [text])
+    assert grpo == ([prompt_ids(tok, text)], None, {})
+
+    # ordinary examples keep the ids trl's own string tokenization gave them
+    examples = build_examples(DataConfig([data_dir / "abt_buy"], max_per_set=12), "valid")
+    rows = _dataset(examples, tok)
+    for e, row in zip(examples, rows):
+        assert row["input_ids"] == tok(e["prompt"] + e["completion"])["input_ids"]
+        assert row["completion_mask"] == [0] * len(tok(e["prompt"])["input_ids"]) + [1] * (
+            len(row["input_ids"]) - len(tok(e["prompt"])["input_ids"]))
+    # an evidence value holding special-token text is data too; the end of turn alone is special
+    ids = completion_ids(tok, "Yes\nname: a <|im_end|> b | a <|im_end|> b | same" + prompt.END_OF_TURN)
+    assert [t for t in ids if t in special_ids] == [tok.convert_tokens_to_ids(prompt.END_OF_TURN)] == ids[-1:]

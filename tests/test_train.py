@@ -4,6 +4,7 @@ on a tiny random llama (real tokenizer) that must change the adapter."""
 import contextlib
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -212,6 +213,34 @@ def _adapter(path):
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+def local_paths(adapter: Path) -> list[str]:
+    """Absolute paths an adapter's provenance holds outside its data dirs (which name the user's
+    data on purpose): the base, earlier adapters and checkpoints are named, never located."""
+    found = []
+
+    def walk(value, key=""):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "data":
+                    walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v, key)
+        elif isinstance(value, str) and ("/" in value and Path(value).is_absolute() or str(Path.home()) in value):
+            found.append(f"{key}: {value}")
+
+    walk(json.loads((adapter / "epm_edge.json").read_text()))
+    walk(json.loads((adapter / "adapter_config.json").read_text()))
+    return found
+
+
+def test_shipped_adapters_name_their_base_by_package_file_and_sha256():
+    adapters = list((Path(__file__).parent.parent / "models").glob("*/epm_edge.json"))
+    assert adapters
+    for sidecar in adapters:
+        assert local_paths(sidecar.parent) == [], sidecar.parent
+
+
 @pytest.fixture(scope="session")
 def sft_adapter(tiny_base, data_dir, tmp_path_factory):
     from epm_edge.train.sft import SFTSettings, run_sft
@@ -347,6 +376,7 @@ def test_sft_time_limit_ends_with_an_evaluated_checkpoint(tiny_base, data_dir, t
 
 def test_rl_end_to_end_changes_adapter(sft_adapter, tiny_base, data_dir, tmp_path):
     from epm_edge.runtime.provenance import read_sidecar
+    from epm_edge.export.merge import adapter_sha256
     from epm_edge.train.rl import RLSettings, run_rl
 
     out = tmp_path / "rl"
@@ -357,7 +387,9 @@ def test_rl_end_to_end_changes_adapter(sft_adapter, tiny_base, data_dir, tmp_pat
     assert before.keys() == after.keys()
     assert any(not (before[k].float() == after[k].float()).all() for k in before)
     meta = read_sidecar(out)
-    assert meta["stage"] == "rl" and meta["init"]["adapter"] == str(sft_adapter)
+    assert meta["stage"] == "rl" and meta["init"]["adapter"] == sft_adapter.name
+    assert meta["init"]["adapter_sha256"] == adapter_sha256(sft_adapter)
+    assert local_paths(out) == []  # the SFT provenance inside included
     for part in ("format_reward", "label_reward", "judge_reward"):
         assert f"rewards/{part}/mean" in meta["result"]["last_rewards"]
 

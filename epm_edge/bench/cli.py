@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from epm_edge.data.serialize import MIN_RECORD_TOKENS
+from epm_edge.cli_options import batch_option, data_option, limit_option, model_option, out_option, record_tokens_option
 
 
 def _ints(ctx, param, value: str) -> tuple[int, ...]:
@@ -23,26 +23,22 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
 
 
 @click.command()
-@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
-              help="Output dir of `epm-edge export` (or one .gguf / ONNX / HF dir). Default: the bundled base GGUF.")
-@click.option("--data", "data", required=True,
-              help="Benchmark dir(s) with tableA/tableB and split files, comma-separated.")
+@model_option("Output dir of `epm-edge export` (or one .gguf / ONNX / HF dir). Default: the shipped model.")
+@data_option()
 @click.option("--split", default="test", show_default=True, type=click.Choice(["test", "valid", "train"]),
               help="Split the figures are reported on (thresholds always come from valid).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N pairs of each split.")
+@limit_option("Use only the first N pairs of each split.")
 @click.option("--variants", default=None,
               help="Comma-separated variant names or patterns, e.g. 'gguf-q4*,onnx-int8,tfidf' (default: all found).")
 @click.option("--threads", default=str(os.cpu_count() or 1), show_default=True, callback=_ints,
               help="CPU threads; several comma-separated values measure each variant at each.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
-              help="Pairs per forward pass (throughput).")
+@batch_option
 @click.option("--repeat", type=click.IntRange(1), default=3, show_default=True, help="Repetitions of every timing.")
 @click.option("--timing-pairs", type=click.IntRange(1), default=256, show_default=True,
               help="Pairs (head of the split) scored in each repeated throughput run; accuracy uses the whole split.")
 @click.option("--latency-pairs", type=click.IntRange(1), default=32, show_default=True,
               help="Pairs scored one at a time per repetition for the latency figures.")
-@click.option("--record-tokens", type=click.IntRange(min=MIN_RECORD_TOKENS), default=64, show_default=True,
-              help="Token budget per serialized record.")
+@record_tokens_option
 @click.option("--both-orders/--one-order", default=True, show_default=True,
               help="Score each pair as A/B and B/A, as `epm-edge match` does by default (pairs/s and latency "
                    "count the two scorings as one pair), or as A/B only.")
@@ -51,17 +47,17 @@ def _ints(ctx, param, value: str) -> tuple[int, ...]:
                    "its cascade (and the feature matcher alone is a variant); off: the LLM scores every pair.")
 @click.option("--usd-per-core-hour", type=float, default=None,
               help="Your price of one CPU core for an hour; adds cost per 1M pairs (no built-in prices).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report dir.")
+@out_option("Report dir.", required=True)
 @click.option("--fresh", is_flag=True, help="Re-measure variants already measured in OUT/raw with the same settings.")
-def bench(model, data, split, limit, variants, threads, batch_size, repeat, timing_pairs, latency_pairs,
-          record_tokens, both_orders, cascade_mode, usd_per_core_hour, out, fresh):
+def bench(model_path, data, split, limit, variants, threads, batch_size, repeat, timing_pairs, latency_pairs,
+          record_tokens, both_orders, cascade_mode, usd_per_core_hour, out_path, fresh):
     """Accuracy, throughput, latency, memory and cost of every exported variant, as a report."""
     from epm_edge.bench.report import dataset_tables, write_report
     from epm_edge.bench.run import BenchConfig, run_bench
     from epm_edge.console import err
-    from epm_edge.model_store import default_model
+    from epm_edge.resolve import default_model
 
-    model = model or default_model()
+    model = model_path or default_model()
     cascade = None
     if cascade_mode != "off":
         from epm_edge.features.cascade import cascade_dir
@@ -72,7 +68,7 @@ def bench(model, data, split, limit, variants, threads, batch_size, repeat, timi
 
             load_cascade(cascade)  # a broken feature stage fails here, before any measuring
     cfg = BenchConfig(model=model, data_dirs=[Path(d.strip()) for d in data.split(",") if d.strip()],
-                      out=out, split=split, limit=limit,
+                      out=out_path, split=split, limit=limit,
                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
                       threads=threads, batch_size=batch_size, repeat=repeat, timing_pairs=timing_pairs,
                       latency_pairs=latency_pairs,
@@ -81,6 +77,6 @@ def bench(model, data, split, limit, variants, threads, batch_size, repeat, timi
     report = run_bench(cfg, log=err.print)
     # The exact command goes into the report, so it can be reproduced (only when run as `epm-edge`).
     command = shlex.join(["epm-edge", *sys.argv[1:]]) if Path(sys.argv[0]).name == "epm-edge" else None
-    files = write_report(report, out, command)
+    files = write_report(report, out_path, command)
     click.echo("\n".join(dataset_tables(report)))
     err.print("report: " + ", ".join(str(p) for p in files.values()))

@@ -31,12 +31,10 @@ def adapter_thresholds(adapter: Path, quant: str) -> dict[str, float]:
     return adapter_file_cuts(read_sidecar(adapter), quant)
 
 
-def cached_gguf(adapter: Path, quant: str | None = None) -> Path:
-    """The adapter's GGUF of type `quant` (default: model_store.default_quant()), built on first use
-    (about a minute) and cached."""
+def cached_gguf(adapter: Path, quant: str) -> Path:
+    """The adapter's GGUF of type `quant`, built on first use (about a minute) and cached."""
     from epm_edge.export.merge import adapter_sha256
 
-    quant = quant or model_store.default_quant()
     target = model_store.home() / "adapters" / f"{Path(adapter).name}-{adapter_sha256(adapter)[:12]}.{quant}.gguf"
     if not target.exists():
         err.print(f"building {target.name} from {adapter} (once; cached in {target.parent})")

@@ -26,6 +26,14 @@ class BaseModel:
     sha256: str  # of the file the user named (the GGUF) or of the HF dir's weights
     gguf: Path | None  # the source GGUF, whose tokenizer metadata the GGUF converter carries over
 
+    @property
+    def name(self) -> str:
+        """How provenance names the base (beside its sha256), never by a local path: the bundled
+        base by package and file, another by its file or dir name."""
+        if self.sha256 == model_store.BASE_SHA256:
+            return f"{model_store.BASE_PACKAGE}/{model_store.BASE_FILE}"
+        return (self.gguf or self.hf_dir).name
+
 
 @dataclass
 class Provenance:
@@ -216,8 +224,7 @@ def merge(base: BaseModel, adapter: Path | None, out_dir: Path) -> Provenance:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base.hf_dir).save_pretrained(out_dir)
-    prov = Provenance(base=str(base.gguf or base.hf_dir), base_sha256=base.sha256,
-                      adapter=str(adapter or ""), adapter_sha256=adapter_sha256(adapter) if adapter else "",
-                      prompt_version=prompt.PROMPT_VERSION, version=__version__)
+    prov = Provenance(base=base.name, base_sha256=base.sha256, adapter=Path(adapter).name if adapter else "",
+                      adapter_sha256=adapter_sha256(adapter) if adapter else "", prompt_version=prompt.PROMPT_VERSION, version=__version__)
     write_sidecar(out_dir, prov.to_json())
     return prov

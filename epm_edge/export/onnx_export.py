@@ -74,8 +74,10 @@ def _block_wise(src: Path, dst: Path, bits: int, block_size: int) -> None:
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
     from onnxruntime.quantization.quant_utils import QuantFormat
 
-    # The quantizer logs every node at INFO (it configures logging on import).
-    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    # The quantizer logs every node at INFO (it configures logging on import): warnings at most,
+    # and none when onnxruntime is quieted (console.quiet_third_party).
+    logger = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    logger.setLevel(max(logging.WARNING, logging.getLogger("onnxruntime").getEffectiveLevel()))
 
     # The embedding Gather is quantized too, along the hidden axis (GatherBlockQuantized); the
     # quantizer only does that at 4 bits, so 8 bits gets its own pass.

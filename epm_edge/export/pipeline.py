@@ -47,6 +47,8 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
     out = Path(out)
     if out.exists() and not force:
         raise EpmError(f"{out}: already exists; pass --force to replace it")
+    trained = read_sidecar(adapter) if adapter else {}
+    data = verify_data(data or _trained_data(trained), recipe)  # before minutes of building
     log = Steps()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
@@ -55,7 +57,6 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         base_model = merge.resolve_base(base)
         log(f"merging {'adapter ' + str(adapter) if adapter else 'no adapter'} into {base_model.hf_dir}")
         prov = merge.merge(base_model, adapter, tmp / "merged")
-        trained = read_sidecar(adapter) if adapter else {}
         meta = gguf_metadata(prov)
         gguf_specs = [v for v in recipe.variants if v.format == "gguf"]
         onnx_specs = [v for v in recipe.variants if v.format == "onnx"]
@@ -85,7 +86,7 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         (tmp / RECIPE_COPY).write_text(recipe.text)
         if adapter and (Path(adapter) / FEATURES_DIR).is_dir():  # the cascade travels with its LLM
             shutil.copytree(Path(adapter) / FEATURES_DIR, tmp / FEATURES_DIR)
-        report = verify_export(tmp, recipe, data=data or _trained_data(trained), split=split, limit=limit,
+        report = verify_export(tmp, recipe, data=data, split=split, limit=limit,
                                threads=threads, log=log)
         if out.exists():
             shutil.rmtree(out)
@@ -105,6 +106,13 @@ def _trained_data(trained: dict) -> Path | None:
     return next((Path(d) for d in dirs if Path(d).is_dir()), None)
 
 
+def verify_data(data: Path | None, recipe: Recipe) -> Path:
+    """The labelled pairs to verify on: `data`, else the recipe's."""
+    if (data or recipe.data) is None:
+        raise EpmError("no labelled data to verify on: pass --data DIR (or set [verify] data in the recipe)")
+    return data or recipe.data
+
+
 def verify_export(root: Path, recipe: Recipe, data: Path | None = None, split: str | None = None,
                   limit: int | None = None, threads: int | None = None, batch_size: int = 32,
                   log=None) -> dict:
@@ -113,9 +121,7 @@ def verify_export(root: Path, recipe: Recipe, data: Path | None = None, split: s
     from epm_edge.evaluate.verify import Candidate, verify
 
     log = log or Steps()
-    data = data or recipe.data
-    if data is None:
-        raise EpmError("no labelled data to verify on: pass --data DIR (or set [verify] data in the recipe)")
+    data = verify_data(data, recipe)
     split = split or recipe.split
     limit = limit if limit is not None else recipe.limit
     ps = load_pair_set(data)
@@ -196,7 +202,7 @@ def report_markdown(report: dict) -> str:
 
 
 def load_export_recipe(root: Path) -> Recipe:
-    """The recipe an export was built with (copied into it), for `epm-edge verify --export`."""
+    """The recipe an export was built with (copied into it), for `epm-edge verify --model`."""
     from epm_edge.export.recipe import load_recipe
 
     if not (root / "merged").is_dir():

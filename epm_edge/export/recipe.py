@@ -9,7 +9,7 @@ from pathlib import Path
 from epm_edge.errors import EpmError
 
 FORMATS = ("gguf", "onnx")
-DEFAULT_RECIPE = Path(__file__).resolve().parents[2] / "export" / "default.toml"
+DEFAULT_RECIPE = Path(__file__).with_name("default.toml")  # shipped in the package
 
 
 @dataclass

@@ -27,22 +27,21 @@ def detect_backend(model: str | Path) -> str:
 
 
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
-                batch_size: int = 32, quant: str | None = None) -> Scorer:
-    """A scorer for `model`; a trained adapter dir runs as its cached GGUF of type `quant`
-    (default: model_store.default_quant())."""
+                batch_size: int = 32) -> Scorer:
+    """A scorer for the model file or dir `model` (a trained adapter dir runs through
+    epm_edge.resolve.open_scorer, which builds its GGUF first)."""
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
     backend = backend or detect_backend(path)
+    if (path / "adapter_config.json").exists():
+        raise ModelError(f"{path}: a trained adapter dir runs as a GGUF built from it (epm_edge.resolve.open_scorer)")
     if backend == "llamacpp":
         from epm_edge.runtime.llamacpp import LlamaCppScorer
-        if (path / "adapter_config.json").exists():
-            from epm_edge.export.adapter_gguf import cached_gguf
-            path = cached_gguf(path, quant)
         return LlamaCppScorer(path, threads=threads)  # one pair per decode: see its module
     if backend == "onnx":
         from epm_edge.runtime.onnx import OnnxScorer
-        return OnnxScorer(path, threads=threads, batch_size=batch_size)
+        return OnnxScorer(path, threads=threads)  # one pair per run: see its module
     if backend == "transformers":
         from epm_edge.runtime.hf import TransformersScorer
         return TransformersScorer(path, threads=threads, batch_size=batch_size)

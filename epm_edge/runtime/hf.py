@@ -25,11 +25,16 @@ def single_token(tokenizer, text: str, where: Path) -> int:
     return ids[0]
 
 
-def pair_ids(tokenizer, a: str, b: str) -> list[int]:
-    """Ids of the pair suffix, as llama.cpp tokenizes it: special-token text such as `<|im_end|>`
-    becomes its special token in the template pieces only (record text is data: prompt.pair_segments)."""
-    return [t for text, template in prompt.pair_segments(a, b)
+def segment_ids(tokenizer, segments: Sequence[tuple[str, bool]]) -> list[int]:
+    """Ids of (text, is_template) pieces, as llama.cpp tokenizes them: special-token text such as
+    `<|im_end|>` becomes its special token in the template pieces only (record text is data)."""
+    return [t for text, template in segments
             for t in tokenizer(text, add_special_tokens=False, split_special_tokens=not template)["input_ids"]]
+
+
+def pair_ids(tokenizer, a: str, b: str) -> list[int]:
+    """Ids of the pair suffix (prompt.pair_segments)."""
+    return segment_ids(tokenizer, prompt.pair_segments(a, b))
 
 
 class TransformersScorer:

@@ -10,7 +10,7 @@ multi-pair decode, where a pair's tokens land in the shared cache depends on its
 attention summed over other cell positions moved scores by up to 0.3 logit (flash attention,
 Q8_0). Alone, a pair's cells always start where the prefix (or its record A) ends. It costs little:
 the tokens of all the other pairs in a decode are masked out of each pair's attention but still
-visited, so on 2 cores one pair per decode ran as fast as 16 (docs/llamacpp-decoding.md).
+visited, so on 2 cores one pair per decode ran as fast as 16 (docs/batch-independence.md).
 
 Pairs that share record A (a matching run scores each A against its top-k candidates) share one
 more level: A's tokens are decoded once after the prefix, into a sequence of their own, and each
@@ -53,7 +53,7 @@ def free_cores(window: float = 0.3) -> int:
 
     llama.cpp's threads meet at a barrier after every op, so one thread that shares its core with
     another process stalls them all: on 2 cores beside one spinning process, 2 threads scored 0.86
-    pairs/s and 1 thread 1.65 (bench/threads_contention.py, docs/threads.md)."""
+    pairs/s and 1 thread 1.65 (experiments/threads_contention.py, docs/threads.md)."""
     cores = os.cpu_count() or 1
 
     def idle_total() -> tuple[int, int]:
@@ -111,7 +111,7 @@ def load_model(path: Path, vocab_only: bool = False):
     params = lc.llama_model_default_params()
     params.vocab_only = vocab_only
     # Extra buffer types hold the weights in the layout of the fast matmuls: repacked for AVX-512,
-    # or AMX tiles in an AMX build (the Makefile builds it; bench/reports/scorer-speed.md).
+    # or AMX tiles in an AMX build (the Makefile builds it; reports/scorer-speed.md).
     params.use_extra_bufts = True
     model = lc.llama_model_load_from_file(str(path).encode(), params)
     if not model:

@@ -2,12 +2,10 @@
 `text-generation-with-past`, logits of the last position only).
 
 Same prompt and tokens as llama.cpp: the instruction prefix and the pair suffix are tokenized on
-their own. The prefix is run once; its past key/values are repeated over each batch, and the
-batch's suffixes are left-padded after it:
-
-    [prefix][pad pad][suffix tokens]     attention_mask 1..1 0 0 1..1, positions P, P+1, ...
-
-so every pair sees exactly the positions it has in llama.cpp, and padding is masked out.
+their own. The prefix is run once; each pair's suffix runs after its past key/values, at the
+positions it has in llama.cpp. One pair per run: int8 variants quantize activations per tensor at
+run time, so in a padded batch a pair's score moved with its neighbours (up to 0.08 in P(match) on
+abt_buy test pairs, int4 0.035), and single runs were also faster (no padding): docs/batch-independence.md.
 Needs onnxruntime and tokenizers, not torch.
 """
 
@@ -43,8 +41,7 @@ def pair_ids(tokenizer, a: str, b: str) -> list[int]:
 class OnnxScorer:
     name = "onnx"
 
-    def __init__(self, path: str | Path, threads: int | None = None, batch_size: int = 32,
-                 reuse_prefix: bool = True):
+    def __init__(self, path: str | Path, threads: int | None = None):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -57,8 +54,6 @@ class OnnxScorer:
             raise ModelError(f"{self.path}: tokenizer.json missing next to the ONNX model")
         self.metadata = read_sidecar(self.path)
         self.threshold = one_order_cut(self.metadata)
-        self.batch_size = batch_size
-        self.reuse_prefix = reuse_prefix
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
@@ -77,8 +72,7 @@ class OnnxScorer:
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
         self.prefix = token_ids(self.tokenizer, prompt.PREFIX)
         self.yes, self.no = self._single(prompt.YES), self._single(prompt.NO)
-        self.pad = self.tokenizer.token_to_id("<|endoftext|>") or 0
-        self.prefix_past = self._run_prefix() if reuse_prefix else None
+        self.prefix_past = self._run_prefix()
 
     def _single(self, text: str) -> int:
         ids = token_ids(self.tokenizer, text)
@@ -86,43 +80,23 @@ class OnnxScorer:
             raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
         return ids[0]
 
-    def _empty_past(self, batch: int) -> dict[str, np.ndarray]:
-        return {n: np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for n in self.past_names}
-
     def _run_prefix(self) -> list[np.ndarray]:
         n = len(self.prefix)
         feed = {"input_ids": np.array([self.prefix], np.int64), "attention_mask": np.ones((1, n), np.int64),
-                "position_ids": np.arange(n, dtype=np.int64)[None], **self._empty_past(1)}
+                "position_ids": np.arange(n, dtype=np.int64)[None],
+                **{name: np.zeros((1, self.kv_heads, 0, self.head_dim), np.float32) for name in self.past_names}}
         return self.session.run(self.present_names, feed)
 
-    def _batch_inputs(self, seqs: list[list[int]], start: int) -> dict[str, np.ndarray]:
-        """Left-padded ids, mask (past + new) and positions continuing from `start`."""
-        width = max(map(len, seqs))
-        ids = np.full((len(seqs), width), self.pad, np.int64)
-        mask = np.zeros((len(seqs), start + width), np.int64)
-        mask[:, :start] = 1
-        pos = np.full((len(seqs), width), start, np.int64)
-        for i, s in enumerate(seqs):
-            ids[i, width - len(s):] = s
-            mask[i, start + width - len(s):] = 1
-            pos[i, width - len(s):] = np.arange(start, start + len(s))
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": pos}
+    def _score_one(self, suffix: list[int]) -> float:
+        start, n = len(self.prefix), len(suffix)
+        feed = {"input_ids": np.array([suffix], np.int64), "attention_mask": np.ones((1, start + n), np.int64),
+                "position_ids": np.arange(start, start + n, dtype=np.int64)[None],
+                **dict(zip(self.past_names, self.prefix_past))}
+        row = self.session.run(["logits"], feed)[0][0, -1]
+        return prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        out = np.empty(len(pairs), dtype=np.float64)
-        for lo in range(0, len(pairs), self.batch_size):
-            suffixes = [pair_ids(self.tokenizer, a, b) for a, b in pairs[lo:lo + self.batch_size]]
-            n = len(suffixes)
-            if self.reuse_prefix:
-                feed = self._batch_inputs(suffixes, len(self.prefix))
-                feed.update({name: np.repeat(kv, n, axis=0) for name, kv in zip(self.past_names, self.prefix_past)})
-            else:
-                feed = self._batch_inputs([self.prefix + s for s in suffixes], 0)
-                feed.update(self._empty_past(n))
-            logits = self.session.run(["logits"], feed)[0][:, -1, :]
-            for i, row in enumerate(logits):
-                out[lo + i] = prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
-        return out
+        return np.array([self._score_one(pair_ids(self.tokenizer, a, b)) for a, b in pairs], dtype=np.float64)
 
     def close(self) -> None:
         self.session = None

@@ -37,12 +37,13 @@ def save_adapter(model, out_dir: Path, base: BaseModel, stage: str, **record) ->
     state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in get_peft_model_state_dict(model).items()}
     save_file(state, str(out_dir / "adapter_model.safetensors"), metadata={"format": "pt"})
     lora = model.peft_config["default"]
+    lora.base_model_name_or_path = base.name  # peft writes the local dir it loaded from otherwise
     lora.save_pretrained(str(out_dir))
     modules = lora.target_modules  # peft resolves "all-linear" to module paths; a regex stays a string
     modules = modules if isinstance(modules, str) else sorted({m.rsplit(".", 1)[-1] for m in modules})
     shape = {"rank": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout, "target_modules": modules}
     provenance = {"stage": stage, "lora": shape, "prompt_version": prompt.PROMPT_VERSION,
-                  "base": str(base.gguf or base.hf_dir), "base_sha256": base.sha256, "epm_edge_version": __version__,
+                  "base": base.name, "base_sha256": base.sha256, "epm_edge_version": __version__,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                   "hardware": _hardware(), **record}
     write_sidecar(out_dir, provenance)

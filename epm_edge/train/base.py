@@ -12,6 +12,7 @@ from pathlib import Path
 from epm_edge import prompt
 from epm_edge.errors import ModelError
 from epm_edge.export.merge import BaseModel, resolve_base
+from epm_edge.runtime.hf import segment_ids
 
 PAD = "<|endoftext|>"
 
@@ -30,6 +31,18 @@ def prepare_tokenizer(tok):
         if len(tok(word)["input_ids"]) != 1:
             raise ModelError(f"'{word}' is not a single token for this tokenizer: the schema needs it to be")
     return tok
+
+
+def prompt_ids(tok, text: str) -> list[int]:
+    """A training prompt's ids as the runtimes tokenize it: record text is data, so a CSV value
+    holding `<|im_end|>` trains as the text the scorers see, never as the control token."""
+    return segment_ids(tok, prompt.prompt_segments(text))
+
+
+def completion_ids(tok, completion: str) -> list[int]:
+    """An answer's ids: its values are record text (data); only the end-of-turn marker is special."""
+    body = completion.removesuffix(prompt.END_OF_TURN)
+    return segment_ids(tok, [(body, False), (completion[len(body):], True)])
 
 
 def load_base_hf(base: str | Path | None = None, qlora: bool = False):

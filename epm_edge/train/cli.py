@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from epm_edge.model_store import ADAPTER_QUANTS
+from epm_edge.cli_options import (batch_option, data_option, limit_option, model_option, out_option, quant_option,
+                                  record_tokens_option, threads_option)
 
 
 def _dirs(value: str) -> list[Path]:
@@ -15,7 +16,7 @@ def _dirs(value: str) -> list[Path]:
 
 def _data_options(f):
     options = [
-        click.option("--data", required=True, help="Benchmark dir(s), comma-separated (DeepMatcher layout)."),
+        data_option(),
         click.option("--neg-ratio", type=float, default=2.0, show_default=True, help="Negatives per positive."),
         click.option("--max-per-set", type=int, default=None, help="Examples per set (balances sets)."),
         click.option("--noise", type=float, default=0.3, show_default=True,
@@ -23,11 +24,11 @@ def _data_options(f):
         click.option("--swap", type=click.FloatRange(0, 1), default=0.0, show_default=True,
                      help="Share of training pairs shown in B/A order (teaches both orders; see --both-orders)."),
         click.option("--no-teacher", is_flag=True, help="Ignore teacher rationales (rationales_*.csv)."),
-        click.option("--record-tokens", type=int, default=64, show_default=True, help="Token budget per record."),
-        click.option("--limit", type=int, default=None, help="Use only the first N training examples."),
+        record_tokens_option,
+        limit_option("Use only the first N training examples."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--base", default=None, help="Base model: HF dir or .gguf (default: bundled SmolLM2)."),
-        click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter output dir."),
+        out_option("Adapter output dir.", required=True),
         click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in OUT."),
         click.option("--max-steps", type=int, default=None, help="Stop after N optimizer steps."),
         click.option("--lr", type=float, default=None, help="Learning rate."),
@@ -72,7 +73,7 @@ def train():
 @click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Continue training this adapter (fresh optimizer and schedule).")
 @click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines).")
-def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume, max_steps,
         lr, batch_size, grad_accum, no_bf16, time_limit, epochs, rank, alpha, eval_steps, eval_limit, qlora,
         decision_weight, init, label_only):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
@@ -81,7 +82,7 @@ def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, li
     if rank is not None and alpha is None:
         alpha = 2 * rank
     data_cfg = _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, label_only, seed)
-    s = SFTSettings(data_cfg, out,
+    s = SFTSettings(data_cfg, out_path,
                     base=base, limit=limit, seed=seed, resume=resume, qlora=qlora, bf16=not no_bf16, init=init,
                     time_limit=time_limit,
                     **_given(max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -103,7 +104,7 @@ def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, li
 @click.option("--max-completion-length", type=int, default=None, help="Tokens per sampled answer (default 96).")
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
-def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out, resume, max_steps,
+def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume, max_steps,
        lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations,
        max_completion_length, beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
@@ -117,7 +118,7 @@ def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, lim
         if len(weights) != 3:
             raise click.BadParameter("three comma-separated numbers: format,label,judge", param_hint="--weights")
     data_cfg = _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, False, seed)
-    s = RLSettings(data_cfg, init, out,
+    s = RLSettings(data_cfg, init, out_path,
                    base=base, judge=judge, rubric=rubric.read_text() if rubric else None, limit=limit, seed=seed,
                    resume=resume, bf16=not no_bf16, time_limit=time_limit,
                    **_given(weights=weights, max_steps=max_steps, lr=lr, batch_size=batch_size, grad_accum=grad_accum,
@@ -133,13 +134,13 @@ def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, lim
               help="The RL adapter.")
 @click.option("--alpha", type=click.FloatRange(min=0), required=True,
               help="How far past the RL adapter, in units of the SFT-to-RL change (0: the RL adapter).")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Adapter output dir.")
-def extrapolate(sft_dir, rl_dir, alpha, out):
+@out_option("Adapter output dir.", required=True)
+def extrapolate(sft_dir, rl_dir, alpha, out_path):
     """Extrapolate an RL adapter away from its SFT start (ExPO); same rank, no training data needed."""
     from epm_edge.train.extrapolate import extrapolate as run
 
-    record = run(sft_dir, rl_dir, alpha, out)
-    click.echo(f"adapter: {out} (rank {record['rank']}; largest share dropped by the rank cut "
+    record = run(sft_dir, rl_dir, alpha, out_path)
+    click.echo(f"adapter: {out_path} (rank {record['rank']}; largest share dropped by the rank cut "
                f"{record['svd_dropped_max']:.2%})")
 
 
@@ -154,16 +155,15 @@ def _adapter_or_default(model: Path | None) -> Path:
 
 
 @train.command()
-@click.option("--data", required=True, help="Benchmark dir(s), comma-separated (DeepMatcher layout).")
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="The adapter dir whose features/ dir gets the matcher [default: models/epm-smollm2-135m].")
-def features(data, model):
+@data_option()
+@model_option("The adapter dir whose features/ dir gets the matcher [default: models/epm-smollm2-135m].")
+def features(data, model_path):
     """The feature matcher (LightGBM on pair features) on the train splits, early-stopped on valid."""
     from epm_edge.console import err
     from epm_edge.features.cascade import FEATURES_DIR
     from epm_edge.train.features import train_feature_matcher
 
-    out = _adapter_or_default(model) / FEATURES_DIR
+    out = _adapter_or_default(model_path) / FEATURES_DIR
     matcher = train_feature_matcher(_dirs(data), out, log=err.print)
     for name, fig in matcher.info["valid"].items():
         err.print(f"valid {name}: {fig['pairs']} pairs, AP {fig['average_precision']:.3f}, "
@@ -172,28 +172,25 @@ def features(data, model):
 
 
 @train.command()
-@click.option("--data", required=True, help="Benchmark dir(s) whose valid splits fit the cascade, comma-separated.")
-@click.option("--model", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="The adapter dir with a trained features/ dir [default: models/epm-smollm2-135m].")
-@click.option("--quant", type=click.Choice(ADAPTER_QUANTS), default=None,
-              help="GGUF type the LLM runs as while fitting [default: as match picks it on this host].")
+@data_option("Benchmark dir(s) whose valid splits fit the cascade, comma-separated.")
+@model_option("The adapter dir with a trained features/ dir [default: models/epm-smollm2-135m].")
+@quant_option
 @click.option("--scores", "scores_dir", type=click.Path(path_type=Path), default=None,
               help="Keep the LLM's valid scores here (eval's format); a rerun scores only what is missing.")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Fit on the first N valid pairs of each set (default: all).")
+@limit_option("Fit on the first N valid pairs of each set (default: all).")
 @click.option("--budget", type=click.FloatRange(0, 0.5), default=0.005, show_default=True,
               help="Share of valid pairs whose routed decision may differ from the LLM-only decision.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads (default: all cores).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
-def cascade(data, model, quant, scores_dir, limit, budget, threads, batch_size):
+@threads_option()
+@batch_option
+def cascade(data, model_path, quant, scores_dir, limit, budget, threads, batch_size):
     """Routing cuts and LLM fusion of the feature matcher, fitted on the valid splits."""
     from epm_edge.console import err, progress_bar
     from epm_edge.model_store import model_identity
-    from epm_edge.runtime import load_scorer
+    from epm_edge.resolve import open_scorer
     from epm_edge.train.features import fit_cascade_on_valid
 
-    adapter = _adapter_or_default(model)
-    scorer = load_scorer(adapter, threads=threads, batch_size=batch_size, quant=quant)
+    adapter = _adapter_or_default(model_path)
+    _, scorer = open_scorer(adapter, threads=threads, batch_size=batch_size, quant=quant)
     settings = {"model": model_identity(scorer.path), "backend": scorer.name}
     try:
         with progress_bar() as bar:

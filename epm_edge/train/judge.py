@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -89,12 +90,21 @@ class LlamaCppJudge:
         n = self.lc.llama_tokenize(self.vocab, raw, len(raw), buf, len(buf), special, False)
         return list(buf[:max(n, 0)])
 
+    def _rubric_tokens(self, fields: dict[str, str]) -> list[int]:
+        """The rubric's own text may hold chat markers (special); listings and answers are data."""
+        tokens = []
+        for literal, name, _, _ in string.Formatter().parse(self.rubric):
+            tokens += self._tokens(literal, special=True)
+            if name is not None:
+                tokens += self._tokens(fields[name])
+        return tokens
+
     def score_one(self, answer_text: str, text_a: str, text_b: str) -> float:
         lc = self.lc
         if parse_strict(answer_text) is None:
             return 0.0
-        text = self.rubric.format(a=text_a, b=text_b, answer=answer_text.split(prompt.END_OF_TURN)[0].strip())
-        tokens = self._tokens(text, special=True)[-(self.n_ctx - 1):]
+        fields = {"a": text_a, "b": text_b, "answer": answer_text.split(prompt.END_OF_TURN)[0].strip()}
+        tokens = self._rubric_tokens(fields)[-(self.n_ctx - 1):]
         lc.llama_memory_clear(lc.llama_get_memory(self.ctx), True)
         arr = (lc.llama_token * len(tokens))(*tokens)
         if lc.llama_decode(self.ctx, lc.llama_batch_get_one(arr, len(tokens))) != 0:

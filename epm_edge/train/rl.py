@@ -25,7 +25,7 @@ class RLSettings:
     data: DataConfig
     init: Path  # the SFT adapter dir
     out: Path
-    base: str | None = None  # default: the base the SFT adapter records, else the bundled one
+    base: str | None = None  # default: the bundled base; check_adapter refuses another than the SFT adapter's
     weights: tuple[float, float, float] = (0.2, 0.5, 0.3)  # format, label, judge
     judge: str = "evidence"  # or a .gguf path for an LLM judge
     rubric: str | None = None  # LLM judge prompt with {a}, {b}, {answer}
@@ -59,13 +59,29 @@ def _reward_funcs(judge):
     return [format_reward, label_reward, judged]
 
 
+def _data_prompts(base_class):
+    """`base_class` (trl's GRPOTrainer) tokenizing prompts as the runtimes do: record text is data
+    (train.base.prompt_ids), where trl's own call would parse special-token text anywhere in it."""
+    from epm_edge.train.base import prompt_ids
+
+    if not hasattr(base_class, "_tokenize_prompts"):
+        raise EpmError(f"this trl version's {base_class.__name__} has no _tokenize_prompts to override: "
+                       "install the trl version pyproject.toml names")
+
+    class DataPrompts(base_class):
+        def _tokenize_prompts(self, prompts: list):
+            return [prompt_ids(self.processing_class, p) for p in prompts], None, {}
+
+    return DataPrompts
+
+
 def run_rl(s: RLSettings) -> Path:
     from datasets import Dataset
     from peft import PeftModel
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from epm_edge.export.merge import check_adapter
+    from epm_edge.export.merge import adapter_sha256, check_adapter
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import load_base_hf
     from epm_edge.train.judge import make_judge
@@ -82,8 +98,7 @@ def run_rl(s: RLSettings) -> Path:
     err.print(f"rl data: {summary(examples)}")
     dataset = Dataset.from_list([{k: e[k] for k in ("prompt", "label", "text_a", "text_b")} for e in examples])
 
-    base_spec = s.base or (trained.get("base") if trained.get("base") and Path(trained["base"]).exists() else None)
-    model, tok, base = load_base_hf(base_spec)
+    model, tok, base = load_base_hf(s.base)  # check_adapter: the SFT adapter's base sha256 must match
     check_adapter(init, base, model.config)
     model = PeftModel.from_pretrained(model, init, is_trainable=True)
     judge = make_judge(s.judge, rubric=s.rubric)
@@ -95,8 +110,8 @@ def run_rl(s: RLSettings) -> Path:
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit,
         logging_steps=s.logging_steps, report_to=[],
         disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, **device_args(s.bf16), **s.extra)
-    trainer = GRPOTrainer(model=model, reward_funcs=_reward_funcs(judge), args=args, train_dataset=dataset,
-                          processing_class=tok, callbacks=training_callbacks("rl", s.time_limit))
+    trainer = _data_prompts(GRPOTrainer)(model=model, reward_funcs=_reward_funcs(judge), args=args, train_dataset=dataset,
+                                         processing_class=tok, callbacks=training_callbacks("rl", s.time_limit))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     try:
@@ -106,7 +121,7 @@ def run_rl(s: RLSettings) -> Path:
             judge.close()
     rewards = [h for h in trainer.state.log_history if "reward" in h]
     save_adapter(trainer.model, Path(s.out), base, "rl",
-                 init={"adapter": str(init), "provenance": trained},
+                 init={"adapter": init.name, "adapter_sha256": adapter_sha256(init), "provenance": trained},
                  data={"config": s.data.to_json(), "train": summary(examples)},
                  hyperparameters=s.hyperparameters(),
                  result={"train_seconds": round(time.perf_counter() - t0, 1), "steps": trainer.state.global_step,

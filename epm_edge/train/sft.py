@@ -59,7 +59,7 @@ class SFTSettings:
         if self.init:  # the adapter continued decides the LoRA shape (recorded under "lora")
             for k in ("rank", "alpha", "dropout", "target_modules"):
                 d.pop(k)
-        return {**d, "init": str(self.init) if self.init else None}
+        return {**d, "init": Path(self.init).name if self.init else None}  # its provenance: no local paths
 
 
 def checkpoints_dir(out: Path) -> Path:
@@ -148,10 +148,17 @@ def _weighted_trainer(base_class, decision_weight: float):
     return DecisionWeighted
 
 
-def _dataset(examples: list[dict]):
+def _dataset(examples: list[dict], tok):
+    """Tokenized examples (trl takes them as they are): record text as data (train.base.prompt_ids)."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    from epm_edge.train.base import completion_ids, prompt_ids
+
+    rows = []
+    for e in examples:
+        p, c = prompt_ids(tok, e["prompt"]), completion_ids(tok, e["completion"])
+        rows.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
+    return Dataset.from_list(rows)
 
 
 def run_sft(s: SFTSettings) -> Path:
@@ -197,8 +204,8 @@ def run_sft(s: SFTSettings) -> Path:
         report_to=[], disable_tqdm=True, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
         **device_args(s.bf16), **s.extra)
     preprocess, compute = _decision_metrics(tok)
-    trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args, train_dataset=_dataset(train),
-                         eval_dataset=_dataset(valid) if evaluate else None, processing_class=tok,
+    trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args, train_dataset=_dataset(train, tok),
+                         eval_dataset=_dataset(valid, tok) if evaluate else None, processing_class=tok,
                          peft_config=lora, compute_metrics=compute if evaluate else None,
                          preprocess_logits_for_metrics=preprocess if evaluate else None,
                          callbacks=training_callbacks("sft", s.time_limit))
@@ -215,5 +222,5 @@ def run_sft(s: SFTSettings) -> Path:
                  result={"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
                          "planned_steps": trainer.state.max_steps, "train_loss": result.training_loss,
                          "tokens_seen": int(trainer.state.num_input_tokens_seen),
-                         "best_checkpoint": trainer.state.best_model_checkpoint, "valid": final})
+                         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None, "valid": final})
     return Path(s.out)

@@ -6,7 +6,7 @@ features included), candidate pairs per second, the share of pairs the LLM score
 the labelled positives of all splits among the output matches. `--a-records N` matches the first N
 records of tableA only (default: all): LLM-only scoring of a whole catalog takes hours on 2 cores.
 
-    python bench/catalog_match.py --data ../shared/data/abt_buy --out bench/reports/catalog-abt_buy
+    python experiments/catalog_match.py --data ../shared/data/abt_buy --out reports/catalog-abt_buy
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     a_desc = f"the first {len(kept):,} of {len(ps.a):,} tableA records" if args.a_records else "the whole tableA"
     lines = [f"# Catalog benchmark: {args.data.name}, {a_desc} against tableB ({len(ps.b):,} records)", "",
-             f"Command: `python bench/catalog_match.py --data {args.data} --top-k {args.top_k}"
+             f"Command: `python experiments/catalog_match.py --data {args.data} --top-k {args.top_k}"
              + (f" --a-records {args.a_records}" if args.a_records else "") + f" --out {args.out}`; "
              f"{host['logical_cores']} cores, {host['cpu']} ({' '.join(host['cpu_features'])}). Each run is one `epm-edge match` process with the "
              "default model; its wall time includes model load, blocking and pair features. Recall: the labelled "

@@ -5,7 +5,7 @@ with 1..cores threads, first alone, then while `--busy` other processes spin on 
 stops by itself after `--seconds`). llama.cpp's threads wait for each other
 by spinning, so a thread that shares its core with another process can stall all the others.
 
-    .venv/bin/python bench/threads_contention.py --gguf ~/.cache/epm-edge/adapters/<model>.Q8_0.gguf \\
+    .venv/bin/python experiments/threads_contention.py --gguf ~/.cache/epm-edge/adapters/<model>.Q8_0.gguf \\
         --data ../shared/data/abt_buy --pairs 24 --busy 1
 """
 

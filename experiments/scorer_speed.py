@@ -9,8 +9,8 @@ On the same labelled pairs, one process, one machine, each scorer loaded and mea
   - epm-edge's own ONNX Runtime backend (prefix reuse, last-position logits) on int8 and int4,
 then single-pair warm latency (p50/p99) and explanation mode (parse rate, pairs/s).
 
-    .venv/bin/python bench/scorer_speed.py --export out/export --data ../shared/data/abt_buy \
-        --pairs 512 --out bench/reports/scorer-speed
+    .venv/bin/python experiments/scorer_speed.py --export out/export --data ../shared/data/abt_buy \
+        --pairs 512 --out reports/scorer-speed
 
 Writes <out>.json (every figure) and <out>.md (the table).
 """
@@ -99,7 +99,7 @@ def main():
     ap.add_argument("--explain-pairs", type=int, default=20)
     ap.add_argument("--max-delta-f1", type=float, default=1.0,
                     help="F1 points a GGUF may lose to transformers and still be the best GGUF")
-    ap.add_argument("--out", type=Path, default=Path("bench/reports/scorer-speed"))
+    ap.add_argument("--out", type=Path, default=Path("reports/scorer-speed"))
     args = ap.parse_args()
 
     ps = load_pair_set(args.data)
@@ -165,7 +165,7 @@ def main():
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     lines = [f"# Scorer speed: {args.data.name}/{args.split}, {len(texts)} pairs, {th} threads, batch {bs}",
-             "", f"Host: {result['host'].get('cpu', '')}; command: `.venv/bin/python bench/scorer_speed.py "
+             "", f"Host: {result['host'].get('cpu', '')}; command: `.venv/bin/python experiments/scorer_speed.py "
              f"--export {args.export} --data {args.data} --pairs {args.pairs} --repeat {args.repeat}`", "",
              f"Model: adapter {read_sidecar(args.export / 'merged').get('adapter') or 'none (the untrained base)'}; "
              f"llama.cpp weights {'in AMX tiles (AMX build)' if amx_build() else 'repacked (build without AMX)'}. "

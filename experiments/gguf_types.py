@@ -9,8 +9,8 @@ On the same labelled pairs each type is scored by the batched llama.cpp scorer a
   - F1 on the second half of the pairs at the cut that is best on the first half,
   - mean |P - P(F16)| and the share of decisions that differ from F16's (each at its own cut).
 
-    .venv/bin/python bench/gguf_types.py --gguf epm-export/gguf/model-F16.gguf \
-        --data ../shared/data/abt_buy --split valid --pairs 600 --out bench/reports/gguf-types-epyc
+    .venv/bin/python experiments/gguf_types.py --gguf epm-export/gguf/model-F16.gguf \
+        --data ../shared/data/abt_buy --split valid --pairs 600 --out reports/gguf-types-epyc
 
 Writes <out>.json and <out>.md; the quantized files go to a temporary dir.
 """
@@ -71,7 +71,7 @@ def main():
     ap.add_argument("--split", default="valid")
     ap.add_argument("--pairs", type=int, default=600)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", type=Path, default=Path("bench/reports/gguf-types"))
+    ap.add_argument("--out", type=Path, default=Path("reports/gguf-types"))
     args = ap.parse_args()
 
     ps = load_pair_set(args.data)

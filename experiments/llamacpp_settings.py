@@ -6,8 +6,8 @@ against its top-k B records, as `epm-edge match` does) with and without reuse of
 measures single-pair latency at several record token budgets (shorter records: fewer tokens, but
 less of each listing is seen).
 
-    .venv/bin/python bench/llamacpp_settings.py --gguf epm-export/gguf/model-Q8_0.gguf \
-        --data ../shared/data/abt_buy --pairs 192 --out bench/reports/llamacpp-settings
+    .venv/bin/python experiments/llamacpp_settings.py --gguf epm-export/gguf/model-Q8_0.gguf \
+        --data ../shared/data/abt_buy --pairs 192 --out reports/llamacpp-settings
 
 Writes <out>.json and <out>.md.
 """
@@ -99,7 +99,7 @@ def main():
     ap.add_argument("--candidate-pairs", type=int, default=320)
     ap.add_argument("--latency-pairs", type=int, default=60)
     ap.add_argument("--record-tokens", default="64,48,32", help="budgets for the latency rows")
-    ap.add_argument("--out", type=Path, default=Path("bench/reports/llamacpp-settings"))
+    ap.add_argument("--out", type=Path, default=Path("reports/llamacpp-settings"))
     args = ap.parse_args()
 
     ps = load_pair_set(args.data)

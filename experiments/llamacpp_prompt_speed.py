@@ -3,7 +3,7 @@
 The per-token ceiling every llama.cpp scorer setting works under on this host: tokens/s of one
 `llama_decode` pass over n tokens (n_batch 512), per GGUF type and thread count, median of --repeat.
 
-    .venv/bin/python bench/llamacpp_prompt_speed.py --gguf-dir epm-export/gguf --out bench/reports/llamacpp-prompt-speed
+    .venv/bin/python experiments/llamacpp_prompt_speed.py --gguf-dir epm-export/gguf --out reports/llamacpp-prompt-speed
 
 Writes <out>.json and <out>.md.
 """
@@ -49,7 +49,7 @@ def main():
     ap.add_argument("--threads", default=f"1,{os.cpu_count()}")
     ap.add_argument("--lengths", default="128,512")
     ap.add_argument("--repeat", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=Path("bench/reports/llamacpp-prompt-speed"))
+    ap.add_argument("--out", type=Path, default=Path("reports/llamacpp-prompt-speed"))
     args = ap.parse_args()
 
     ps = load_pair_set(args.data)

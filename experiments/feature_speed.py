@@ -2,7 +2,7 @@
 TF-IDF over both catalogs, once per pair of catalogs), pair features, and features plus the shipped
 feature matcher's probability, in pairs per second (best of `--repeat` runs).
 
-    python bench/feature_speed.py --data ../shared/data --out bench/reports/feature-speed.md
+    python experiments/feature_speed.py --data ../shared/data --out reports/feature-speed.md
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
         rows.append((name, len(ps.a) + len(ps.b), setup, len(pairs), len(pairs) / features, len(pairs) / with_model))
         print(rows[-1], flush=True)
     lines = ["# Feature stage speed", "",
-             f"`python bench/feature_speed.py --data {args.data} --split {args.split} --repeat {args.repeat} "
+             f"`python experiments/feature_speed.py --data {args.data} --split {args.split} --repeat {args.repeat} "
              f"--out {args.out}`; {host['logical_cores']} cores, {host['cpu']} ({' '.join(host['cpu_features'])}). "
              "Setup: record facts "
              "and TF-IDF over both catalogs (once per run of `match`). pairs/s: best of the repeats, over all "

@@ -6,7 +6,7 @@ the prefix ends, as the scorer does), then again after another pair's tokens wer
 cache first (the cells a multi-pair decode would give it), with flash attention on and off. Prints
 the largest change in log-odds and in P(match).
 
-    .venv/bin/python bench/batch_dependence.py --gguf ~/.cache/epm-edge/adapters/<model>.Q8_0.gguf \\
+    .venv/bin/python experiments/batch_dependence.py --gguf ~/.cache/epm-edge/adapters/<model>.Q8_0.gguf \\
         --data ../shared/data/abt_buy --pairs 24
 """
 
