@@ -18,6 +18,7 @@ from epm_edge.cli_options import (PROBABILITY, backend_option, batch_option, bot
 from epm_edge.errors import EpmError
 from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
 from epm_edge.model_store import model_identity, sha256_file
+from epm_edge.resolve import feature_stage, open_scorer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,32 +54,6 @@ def main(verbose):
 
 def _columns(value: str | None) -> list[str] | None:
     return [c.strip() for c in value.split(",") if c.strip()] if value else None
-
-
-def _cascade(mode, model_path, both_orders):
-    """(the feature stage for --cascade MODE or None, whether the LLM scores both orders)."""
-    from epm_edge.features.cascade import Cascade, resolve_cascade
-
-    stage = resolve_cascade(mode, model_path)
-    if isinstance(stage, Cascade):
-        fitted = stage.settings.orders
-        if both_orders is not None and (2 if both_orders else 1) != fitted:
-            raise click.UsageError(f"the cascade of this model was fitted on {fitted} record order(s): "
-                                   f"drop --{'one-order' if fitted == 2 else 'both-orders'} or pass --cascade off")
-        return stage, fitted == 2
-    return stage, True if both_orders is None else both_orders
-
-
-def _load_scorer(model_path, backend, threads, batch_size, quant=None, both_orders=False):
-    """(the model as given or the default, its scorer). `quant` applies to adapter dirs only."""
-    from epm_edge.resolve import open_scorer
-
-    path, scorer = open_scorer(model_path, backend, threads, batch_size, quant)
-    if both_orders:
-        from epm_edge.runtime.orders import BothOrders
-
-        scorer = BothOrders(scorer)
-    return path, scorer
 
 
 @main.command()
@@ -140,10 +115,10 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
     t0 = time.perf_counter()
     cands = candidates(a, b, top_k=top_k)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
-    cascade, both_orders = _cascade(cascade_mode, model_path, both_orders)
+    cascade, both_orders = feature_stage(cascade_mode, model_path, both_orders)
     if cascade is not None and not hasattr(cascade, "settings"):
         raise click.UsageError("--cascade features-only is for eval: match needs a cascade dir, auto or off")
-    path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant, both_orders)
+    path, scorer = open_scorer(model_path, backend, threads, batch_size, quant, both_orders)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     stored = cascade.settings.threshold if cascade else scorer.threshold
@@ -235,7 +210,7 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
     dirs = [Path(d.strip()) for d in data.split(",") if d.strip()]
     from epm_edge.features.cascade import Cascade
 
-    stage, both_orders = _cascade(cascade_mode, model_path, both_orders)
+    stage, both_orders = feature_stage(cascade_mode, model_path, both_orders)
     cascade = stage if isinstance(stage, Cascade) else None
     if save_threshold and stage is not None:
         raise click.UsageError("--save-threshold stores the LLM's own cut: pass --cascade off "
@@ -243,7 +218,7 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
     if cascade is None and stage is not None:  # the feature matcher alone: no LLM to load
         path, scorer, identity = stage.path, None, None
     else:
-        path, scorer = _load_scorer(model_path, backend, threads, batch_size, quant)
+        path, scorer = open_scorer(model_path, backend, threads, batch_size, quant)
         # the stored scores' key; hashing the model costs a read of it, so only when scores are kept
         identity = {"model": model_identity(scorer.path), "backend": scorer.name} if scores_dir else None
     name = "features" if scorer is None else scorer.name + ("+features" if cascade else "")
@@ -319,9 +294,11 @@ def doctor():
 # Commands defined next to the stage they drive (each module keeps heavy imports inside functions).
 from epm_edge.bench.cli import bench  # noqa: E402
 from epm_edge.export.cli import export_cmd, verify_cmd  # noqa: E402
+from epm_edge.serve.cli import serve  # noqa: E402
 from epm_edge.train.cli import train  # noqa: E402
 
 main.add_command(export_cmd, "export")
 main.add_command(verify_cmd, "verify")
 main.add_command(train)
 main.add_command(bench)
+main.add_command(serve)

@@ -52,9 +52,9 @@ def default_model(quant: str | None = None) -> Path:
 
 
 def open_scorer(model: str | Path | None = None, backend: str | None = None, threads: int | None = None,
-                batch_size: int = 32, quant: str | None = None) -> tuple[Path, Scorer]:
+                batch_size: int = 32, quant: str | None = None, both_orders: bool = False) -> tuple[Path, Scorer]:
     """(the model file run, its scorer) for `model` (default: default_model()). `quant` applies to
-    trained adapter dirs only, which run on llama.cpp."""
+    trained adapter dirs only, which run on llama.cpp; `both_orders` scores every pair as A/B and B/A."""
     if model is not None and not Path(model).exists():
         raise ModelError(f"{model}: model not found")
     if model is not None and not is_adapter(model):
@@ -66,4 +66,24 @@ def open_scorer(model: str | Path | None = None, backend: str | None = None, thr
                        "(`epm-edge export` makes ONNX and transformers variants of it)")
     else:
         path = runnable(model, quant) if model is not None else default_model(quant)
-    return path, load_scorer(path, backend=backend, threads=threads, batch_size=batch_size)
+    scorer = load_scorer(path, backend=backend, threads=threads, batch_size=batch_size)
+    if both_orders:
+        from epm_edge.runtime.orders import BothOrders
+
+        scorer = BothOrders(scorer)
+    return path, scorer
+
+
+def feature_stage(mode: str, model: str | Path | None, both_orders: bool | None):
+    """(the feature stage `--cascade MODE` gives `model`, or None; whether the LLM scores both orders:
+    as the cascade was fitted, else as asked, by default yes)."""
+    from epm_edge.features.cascade import Cascade, resolve_cascade
+
+    stage = resolve_cascade(mode, Path(model) if model is not None else None)
+    if isinstance(stage, Cascade):
+        fitted = stage.settings.orders
+        if both_orders is not None and (2 if both_orders else 1) != fitted:
+            raise EpmError(f"the cascade of this model was fitted on {fitted} record order(s): "
+                           f"drop --{'one-order' if fitted == 2 else 'both-orders'} or pass --cascade off")
+        return stage, fitted == 2
+    return stage, True if both_orders is None else both_orders

@@ -204,24 +204,44 @@ def _rest(a: RecordFacts, b: RecordFacts) -> list[float]:
             float(a.has_description), float(b.has_description), float(a.fields), float(b.fields)]
 
 
+def _vectorizers() -> list:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return [TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)]
+
+
+def fit_tfidf(corpus: Sequence[str]) -> list:
+    """The pair features' TF-IDF vectorizers fitted on a fixed corpus (see PairFeaturizer); None for
+    one that finds no token in it."""
+    out = []
+    for vec in _vectorizers():
+        try:
+            out.append(vec.fit(corpus))
+        except ValueError:
+            out.append(None)
+    return out
+
+
 class PairFeaturizer:
-    """Features of (A id, B id) pairs between two catalogs; TF-IDF is fitted on both catalogs' records."""
+    """Features of (A id, B id) pairs between two catalogs. TF-IDF is fitted on both catalogs' records,
+    or given (`fit_tfidf` on a fixed corpus: then a record's features do not depend on the others)."""
 
-    def __init__(self, records_a: dict[str, dict[str, str]], records_b: dict[str, dict[str, str]]):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
+    def __init__(self, records_a: dict[str, dict[str, str]], records_b: dict[str, dict[str, str]], tfidf=None):
         self.a = {rid: record_facts(r) for rid, r in records_a.items()}
         self.b = {rid: record_facts(r) for rid, r in records_b.items()}
         texts = [f.text for f in self.a.values()] + [f.text for f in self.b.values()]
         self._row_a = {rid: i for i, rid in enumerate(self.a)}
         self._row_b = {rid: i + len(self.a) for i, rid in enumerate(self.b)}
-        self._tfidf = []
-        for vec in (TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32),
-                    TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)):
-            try:
-                self._tfidf.append(vec.fit_transform(texts).tocsr())
-            except ValueError:  # no token at all in either catalog: the cosine says nothing
-                self._tfidf.append(None)
+        if tfidf is None:  # fitted on these records (no token at all: the cosine says nothing)
+            self._tfidf = []
+            for vec in _vectorizers():
+                try:
+                    self._tfidf.append(vec.fit_transform(texts).tocsr())
+                except ValueError:
+                    self._tfidf.append(None)
+        else:
+            self._tfidf = [vec.transform(texts).tocsr() if vec is not None else None for vec in tfidf]
 
     def features(self, a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
         """A float32 matrix, one row per pair, columns named by NAMES."""

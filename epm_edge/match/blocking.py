@@ -53,48 +53,63 @@ def all_pairs(a: Catalog, b: Catalog) -> Candidates:
     return Candidates(a_ids, b_ids, np.zeros(len(a_ids), dtype=np.float32))
 
 
+class BlockingIndex:
+    """Catalog B ready for top-k queries: TF-IDF (words, character n-grams) fitted on `fit_texts`
+    (both catalogs in `block`; B alone where the queries come later, as in `epm-edge serve`) and
+    B's exact product codes."""
+
+    def __init__(self, b: Catalog, fit_texts: list[str], a_path=None, max_code_df: int = 20):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.b_ids = b.ids
+        b_text = [record_text(r) for r in b.records.values()]
+        self.word = TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32)
+        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1,
+                                    dtype=np.float32)
+        try:
+            self.word.fit(fit_texts)
+            self.char.fit(fit_texts)
+        except ValueError:  # sklearn: empty vocabulary
+            names = ", ".join(p.name for p in (a_path, b.path) if p is not None)
+            raise InputError(a_path or b.path, f"the records of {names} have no letters or digits to compare in "
+                                               "the chosen columns; choose other --columns-a/-b") from None
+        self.bw, self.bc = self.word.transform(b_text).T.tocsr(), self.char.transform(b_text).T.tocsr()
+        self.max_code_df = max_code_df
+        self.code_index: dict[str, list[int]] = defaultdict(list)
+        for j, t in enumerate(b_text):
+            for c in product_codes(t):
+                self.code_index[c].append(j)
+
+    def top(self, a_text: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+        """Per A text, its at most `top_k` B candidates (id, similarity): shared codes first, then TF-IDF."""
+        k = min(top_k, len(self.b_ids))
+        sim = (self.word.transform(a_text) @ self.bw).toarray() + (self.char.transform(a_text) @ self.bc).toarray()
+        sim *= 0.5
+        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.tile(np.arange(k), (len(sim), 1))
+        out = []
+        for row, text in enumerate(a_text):
+            keyed = {j for c in product_codes(text) if len(self.code_index.get(c, ())) <= self.max_code_df
+                     for j in self.code_index.get(c, ())}
+            ranked = sorted(keyed, key=lambda j: -sim[row, j])
+            ranked += [j for j in top[row][np.argsort(-sim[row, top[row]])] if j not in keyed]
+            out.append([(self.b_ids[j], float(sim[row, j])) for j in ranked[:k]])
+        return out
+
+
 def block(a: Catalog, b: Catalog, top_k: int = 20, chunk: int = 512, max_code_df: int = 20,
           progress=None) -> Candidates:
     """Top-k candidates per A record. `max_code_df`: codes shared by more B records are ignored."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     a_text = [record_text(r) for r in a.records.values()]
-    b_text = [record_text(r) for r in b.records.values()]
-    k = min(top_k, len(b_text))
-
-    word = TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32)
-    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1,
-                           dtype=np.float32)
-    try:
-        word.fit(a_text + b_text)
-        char.fit(a_text + b_text)
-    except ValueError:  # sklearn: empty vocabulary
-        raise InputError(a.path, f"the records of both catalogs ({a.path.name}, {b.path.name}) have no letters or "
-                                 "digits to compare in the chosen columns; choose other --columns-a/-b") from None
-    bw, bc = word.transform(b_text).T.tocsr(), char.transform(b_text).T.tocsr()
-
-    code_index: dict[str, list[int]] = defaultdict(list)
-    for j, t in enumerate(b_text):
-        for c in product_codes(t):
-            code_index[c].append(j)
-
+    index = BlockingIndex(b, a_text + [record_text(r) for r in b.records.values()], a.path, max_code_df)
     a_ids, b_ids, out_scores = [], [], []
-    b_names = b.ids
     a_names = a.ids
     for start in range(0, len(a_text), chunk):
         block_text = a_text[start:start + chunk]
-        sim = (word.transform(block_text) @ bw).toarray() + (char.transform(block_text) @ bc).toarray()
-        sim *= 0.5
-        top = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < sim.shape[1] else np.tile(np.arange(k), (len(sim), 1))
-        for row, text in enumerate(block_text):
-            keyed = {j for c in product_codes(text) if len(code_index.get(c, ())) <= max_code_df
-                     for j in code_index.get(c, ())}
-            ranked = sorted(keyed, key=lambda j: -sim[row, j])
-            ranked += [j for j in top[row][np.argsort(-sim[row, top[row]])] if j not in keyed]
-            for j in ranked[:k]:
+        for row, ranked in enumerate(index.top(block_text, top_k)):
+            for b_id, score in ranked:
                 a_ids.append(a_names[start + row])
-                b_ids.append(b_names[j])
-                out_scores.append(sim[row, j])
+                b_ids.append(b_id)
+                out_scores.append(score)
         if progress:
             progress(len(block_text))
     return Candidates(a_ids, b_ids, np.array(out_scores, dtype=np.float32))

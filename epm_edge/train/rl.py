@@ -49,7 +49,7 @@ class RLSettings:
 
     def hyperparameters(self) -> dict:
         d = asdict(self)
-        for k in ("data", "out", "init"):
+        for k in ("data", "out", "init", "base"):  # recorded apart, by name and sha256
             d.pop(k)
         return d
 

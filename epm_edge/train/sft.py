@@ -55,7 +55,7 @@ class SFTSettings:
 
     def hyperparameters(self) -> dict:
         d = asdict(self)
-        d.pop("data"), d.pop("out")
+        d.pop("data"), d.pop("out"), d.pop("base")  # the base is recorded by name and sha256 (train/adapter.py)
         if self.init:  # the adapter continued decides the LoRA shape (recorded under "lora")
             for k in ("rank", "alpha", "dropout", "target_modules"):
                 d.pop(k)
