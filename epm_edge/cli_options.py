@@ -51,7 +51,8 @@ def data_option(help: str = "Benchmark dir(s) with tableA.csv, tableB.csv and sp
 
 
 def threads_option(default: str = "the cores other processes leave idle"):
-    return click.option("--threads", type=click.IntRange(min=1), default=None, help=f"CPU threads (default: {default}).")
+    return click.option("--threads", type=click.IntRange(min=1), default=None,
+                        help=f"CPU threads (default: {default}).")
 
 
 def limit_option(help: str = "Use only the first N pairs."):

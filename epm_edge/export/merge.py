@@ -225,6 +225,7 @@ def merge(base: BaseModel, adapter: Path | None, out_dir: Path) -> Provenance:
     model.save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(base.hf_dir).save_pretrained(out_dir)
     prov = Provenance(base=base.name, base_sha256=base.sha256, adapter=Path(adapter).name if adapter else "",
-                      adapter_sha256=adapter_sha256(adapter) if adapter else "", prompt_version=prompt.PROMPT_VERSION, version=__version__)
+                      adapter_sha256=adapter_sha256(adapter) if adapter else "",
+                      prompt_version=prompt.PROMPT_VERSION, version=__version__)
     write_sidecar(out_dir, prov.to_json())
     return prov

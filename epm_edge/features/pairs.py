@@ -20,7 +20,7 @@ import numpy as np
 from rapidfuzz import fuzz, process
 from rapidfuzz.distance import Indel
 
-from epm_edge.match.blocking import product_codes, record_text
+from epm_edge.match.blocking import product_codes, record_text, tfidf_vectorizers
 
 # Generic fields by column name (lower-case); the first text column stands in for a missing title.
 _FIELDS = {
@@ -204,23 +204,21 @@ def _rest(a: RecordFacts, b: RecordFacts) -> list[float]:
             float(a.has_description), float(b.has_description), float(a.fields), float(b.fields)]
 
 
-def _vectorizers() -> list:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    return [TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32),
-            TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)]
-
-
-def fit_tfidf(corpus: Sequence[str]) -> list:
-    """The pair features' TF-IDF vectorizers fitted on a fixed corpus (see PairFeaturizer); None for
-    one that finds no token in it."""
+def _fitted(texts: Sequence[str], transform: bool) -> list:
+    """The TF-IDF vectorizers fitted on `texts` (with `transform`: the texts' rows instead); None for
+    one that finds no token at all (its cosine says nothing)."""
     out = []
-    for vec in _vectorizers():
+    for vec in tfidf_vectorizers():
         try:
-            out.append(vec.fit(corpus))
+            out.append(vec.fit_transform(texts).tocsr() if transform else vec.fit(texts))
         except ValueError:
             out.append(None)
     return out
+
+
+def fit_tfidf(corpus: Sequence[str]) -> list:
+    """The pair features' TF-IDF fitted on a fixed corpus (see PairFeaturizer)."""
+    return _fitted(corpus, transform=False)
 
 
 class PairFeaturizer:
@@ -233,15 +231,8 @@ class PairFeaturizer:
         texts = [f.text for f in self.a.values()] + [f.text for f in self.b.values()]
         self._row_a = {rid: i for i, rid in enumerate(self.a)}
         self._row_b = {rid: i + len(self.a) for i, rid in enumerate(self.b)}
-        if tfidf is None:  # fitted on these records (no token at all: the cosine says nothing)
-            self._tfidf = []
-            for vec in _vectorizers():
-                try:
-                    self._tfidf.append(vec.fit_transform(texts).tocsr())
-                except ValueError:
-                    self._tfidf.append(None)
-        else:
-            self._tfidf = [vec.transform(texts).tocsr() if vec is not None else None for vec in tfidf]
+        self._tfidf = _fitted(texts, transform=True) if tfidf is None else [
+            vec.transform(texts).tocsr() if vec is not None else None for vec in tfidf]
 
     def features(self, a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
         """A float32 matrix, one row per pair, columns named by NAMES."""

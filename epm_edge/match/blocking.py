@@ -53,19 +53,23 @@ def all_pairs(a: Catalog, b: Catalog) -> Candidates:
     return Candidates(a_ids, b_ids, np.zeros(len(a_ids), dtype=np.float32))
 
 
+def tfidf_vectorizers() -> list:
+    """The word and character n-gram TF-IDF that blocking and the pair features compare records with."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    return [TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, dtype=np.float32)]
+
+
 class BlockingIndex:
     """Catalog B ready for top-k queries: TF-IDF (words, character n-grams) fitted on `fit_texts`
     (both catalogs in `block`; B alone where the queries come later, as in `epm-edge serve`) and
     B's exact product codes."""
 
     def __init__(self, b: Catalog, fit_texts: list[str], a_path=None, max_code_df: int = 20):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
         self.b_ids = b.ids
         b_text = [record_text(r) for r in b.records.values()]
-        self.word = TfidfVectorizer(analyzer="word", token_pattern=r"[a-z0-9]+", sublinear_tf=True, dtype=np.float32)
-        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True, min_df=1,
-                                    dtype=np.float32)
+        self.word, self.char = tfidf_vectorizers()
         try:
             self.word.fit(fit_texts)
             self.char.fit(fit_texts)

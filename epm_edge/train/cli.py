@@ -73,8 +73,8 @@ def train():
 @click.option("--init", type=click.Path(path_type=Path, exists=True, file_okay=False), default=None,
               help="Continue training this adapter (fresh optimizer and schedule).")
 @click.option("--label-only", is_flag=True, help="Answers are the decision alone (no evidence lines).")
-def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume, max_steps,
-        lr, batch_size, grad_accum, no_bf16, time_limit, epochs, rank, alpha, eval_steps, eval_limit, qlora,
+def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume,
+        max_steps, lr, batch_size, grad_accum, no_bf16, time_limit, epochs, rank, alpha, eval_steps, eval_limit, qlora,
         decision_weight, init, label_only):
     """LoRA fine-tuning on prompt/answer pairs (teacher or silver rationales); loss on answers only."""
     from epm_edge.train.sft import SFTSettings, run_sft
@@ -104,8 +104,8 @@ def sft(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, li
 @click.option("--max-completion-length", type=int, default=None, help="Tokens per sampled answer (default 96).")
 @click.option("--beta", type=float, default=None, help="KL weight to the SFT adapter (default 0).")
 @click.option("--save-steps", type=int, default=None, help="Checkpoint every N steps (default 50).")
-def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume, max_steps,
-       lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations,
+def rl(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, limit, seed, base, out_path, resume,
+       max_steps, lr, batch_size, grad_accum, no_bf16, time_limit, init, weights, judge, rubric, num_generations,
        max_completion_length, beta, save_steps):
     """GRPO on the SFT adapter; reward = weighted format + label + judge, each logged per step."""
     from epm_edge.train.rl import RLSettings, run_rl

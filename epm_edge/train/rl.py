@@ -110,8 +110,9 @@ def run_rl(s: RLSettings) -> Path:
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit,
         logging_steps=s.logging_steps, report_to=[],
         disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, **device_args(s.bf16), **s.extra)
-    trainer = _data_prompts(GRPOTrainer)(model=model, reward_funcs=_reward_funcs(judge), args=args, train_dataset=dataset,
-                                         processing_class=tok, callbacks=training_callbacks("rl", s.time_limit))
+    trainer = _data_prompts(GRPOTrainer)(model=model, reward_funcs=_reward_funcs(judge), args=args,
+                                         train_dataset=dataset, processing_class=tok,
+                                         callbacks=training_callbacks("rl", s.time_limit))
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     try:

@@ -204,7 +204,8 @@ def run_sft(s: SFTSettings) -> Path:
         report_to=[], disable_tqdm=True, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
         **device_args(s.bf16), **s.extra)
     preprocess, compute = _decision_metrics(tok)
-    trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args, train_dataset=_dataset(train, tok),
+    trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args,
+                         train_dataset=_dataset(train, tok),
                          eval_dataset=_dataset(valid, tok) if evaluate else None, processing_class=tok,
                          peft_config=lora, compute_metrics=compute if evaluate else None,
                          preprocess_logits_for_metrics=preprocess if evaluate else None,
@@ -222,5 +223,6 @@ def run_sft(s: SFTSettings) -> Path:
                  result={"train_seconds": round(seconds, 1), "steps": trainer.state.global_step,
                          "planned_steps": trainer.state.max_steps, "train_loss": result.training_loss,
                          "tokens_seen": int(trainer.state.num_input_tokens_seen),
-                         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None, "valid": final})
+                         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
+                         "valid": final})
     return Path(s.out)
