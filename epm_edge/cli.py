@@ -207,7 +207,6 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
                                f"pass --tune-limit N and --skip N or more")
     if save_threshold and not (tune_split and model_path and (Path(model_path) / "adapter_config.json").exists()):
         raise click.UsageError("--save-threshold needs --tune-split and a trained adapter dir as --model")
-    dirs = [Path(d.strip()) for d in data.split(",") if d.strip()]
     from epm_edge.features.cascade import Cascade
 
     stage, both_orders = feature_stage(cascade_mode, model_path, both_orders)
@@ -225,7 +224,7 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
     results, tunings = [], []
     try:
         with progress_bar() as bar:
-            for d in dirs:
+            for d in data:
                 r, tuning = evaluate_set(scorer, d, split, limit=limit, skip=skip, threshold=threshold,
                                          tune_split=tune_split, tune_limit=tune_limit, record_tokens=record_tokens,
                                          batch_size=batch_size, bar=bar, scores_dir=scores_dir,
@@ -246,7 +245,7 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
         if save_threshold:  # for the quant type scored, and as the cut of types that have none yet
             q = scorer.metadata["quant"]  # an adapter dir runs as its cached GGUF, which records its type
             sidecar = read_sidecar(model_path)
-            tuned_on = f"{tune_split}: {n} pairs of {', '.join(d.name for d in dirs)} ({q})"
+            tuned_on = f"{tune_split}: {n} pairs of {', '.join(d.name for d in data)} ({q})"
             write_sidecar(model_path, with_adapter_cut(sidecar, q, cut, both_orders, tuned_on))
             err.print(f"threshold {cut:.4f} ({q}{', both orders' if both_orders else ''}) stored in "
                       f"{Path(model_path) / SIDECAR}")

@@ -45,9 +45,15 @@ def model_option(help: str = "A .gguf file, a trained adapter dir (run as a GGUF
     return click.option("--model", "model_path", type=click.Path(path_type=Path), default=None, help=help, **kwargs)
 
 
+def data_dirs(ctx, param, value: str | None) -> list[Path] | None:
+    """A comma-separated --data value as paths (click callback)."""
+    return [Path(d.strip()) for d in value.split(",") if d.strip()] if value else None
+
+
 def data_option(help: str = "Benchmark dir(s) with tableA.csv, tableB.csv and split files, comma-separated.",
                 **kwargs):
-    return click.option("--data", required=True, help=help, **kwargs)
+    """--data as a list of paths."""
+    return click.option("--data", required=True, callback=data_dirs, help=help, **kwargs)
 
 
 def threads_option(default: str = "the cores other processes leave idle"):

@@ -46,6 +46,9 @@ def export_dir(base_gguf, tmp_path_factory):
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
     LlamaForCausalLM(config).save_pretrained(root / "merged")
     tok.save_pretrained(root / "merged")
+    from epm_edge.export import imatrix  # an export's importance matrix sits beside its GGUFs: not a variant
+
+    imatrix.write(root / "gguf" / imatrix.FILE_NAME, {"blk.0.attn_q.weight": (np.ones(64), 10)}, ["x/train"], 1)
     return root
 
 
@@ -119,6 +122,7 @@ def test_bench_writes_all_outputs_that_agree(bench_out):
         assert cells["peak RSS MB"] == num(r["peak_rss_bytes"] / 1e6)
         assert cells["size MB"] == num(r["size_bytes"] / 1e6)
         assert cells["USD / 1M pairs"] == num(r["usd_per_million_pairs"])
+        assert cells["ΔF1 pt vs hf-fp32"] == f"{(r['f1'] - rows['hf-fp32']['f1']) * 100:+.1f}"
 
 
 def test_bench_plots_are_real_pngs(bench_out):

@@ -20,11 +20,17 @@ from epm_edge.errors import EpmError, ModelError
 TINY_RECIPE = """
 [verify]
 split = "valid"
+pairs = 16
+orders = 2
 record_tokens = 32
+
+[imatrix]
+pairs = 8
 {variants}
 """
 VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-bf16", "gguf", "BF16"), ("gguf-q8_0", "gguf", "Q8_0"),
             ("gguf-q4_k_m", "gguf", "Q4_K_M"), ("gguf-q4_0", "gguf", "Q4_0"), ("gguf-iq4_nl", "gguf", "IQ4_NL"),
+            ("gguf-q4_0-imatrix", "gguf", "Q4_0"),
             ("onnx-fp32", "onnx", "fp32"),
             ("onnx-int8", "onnx", "int8"), ("onnx-int8-block", "onnx", "int8-block"), ("onnx-int4", "onnx", "int4")]
 
@@ -32,6 +38,7 @@ VARIANTS = [("gguf-f16", "gguf", "F16"), ("gguf-bf16", "gguf", "BF16"), ("gguf-q
 def recipe_text() -> str:
     """Every variant kind, with budgets a random model always meets (the gate is tested apart)."""
     variants = "".join(f'\n[[variants]]\nname = "{n}"\nformat = "{f}"\nquant = "{q}"\n'
+                       f"imatrix = {'true' if n.endswith('-imatrix') else 'false'}\n"
                        "max_delta_f1 = 100\nmax_flip_rate = 1\n" for n, f, q in VARIANTS)
     return TINY_RECIPE.format(variants=variants)
 
@@ -78,7 +85,7 @@ def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
-    """A 16-pair labelled set in the DeepMatcher layout."""
+    """A labelled set in the DeepMatcher layout: 16 valid pairs, and 16 train pairs (the importance matrix)."""
     root = tmp_path_factory.mktemp("pairs")
     brands = ["sony", "samsung", "lg", "philips", "canon", "nikon", "bose", "jbl"]
     with open(root / "tableA.csv", "w", newline="") as fa, open(root / "tableB.csv", "w", newline="") as fb:
@@ -88,12 +95,13 @@ def tiny_data(tmp_path_factory) -> Path:
         for i, b in enumerate(brands):
             wa.writerow([i, f"{b} model {100 + i}x black", f"{19 + i}.99"])
             wb.writerow([i, f"{b.upper()} {100 + i}X - black - free shipping", f"{19 + i}.95"])
-    with open(root / "valid.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ltable_id", "rtable_id", "label"])
-        for i in range(len(brands)):
-            w.writerow([i, i, 1])
-            w.writerow([i, (i + 3) % len(brands), 0])
+    for split, shift in (("valid", 3), ("train", 5)):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ltable_id", "rtable_id", "label"])
+            for i in range(len(brands)):
+                w.writerow([i, i, 1])
+                w.writerow([i, (i + shift) % len(brands), 0])
     return root
 
 
@@ -115,14 +123,22 @@ def test_export_layout_and_report(tiny_export):
     report = json.loads((tiny_export / "report.json").read_text())
     assert {v["name"] for v in report["variants"]} == {n for n, _, _ in VARIANTS}
     for v in report["variants"]:
-        assert {"name", "format", "quant", "path", "f1", "delta_f1", "flip_rate", "size_bytes",
-                "pairs_per_second", "passed"} <= v.keys()
+        assert {"name", "format", "quant", "imatrix", "path", "f1", "delta_f1", "delta_f1_low", "delta_f1_high",
+                "flip_rate", "flip_rate_low", "flip_rate_high", "size_bytes", "pairs_per_second", "verdict",
+                "pairs_to_decide"} <= v.keys()
         assert (tiny_export / v["path"]).exists()
-        assert v["passed"] and v["size_bytes"] > 0 and v["pairs_per_second"] > 0
-    assert 0.0 <= report["threshold"] <= 1.0
+        assert v["verdict"] == "pass" and v["size_bytes"] > 0 and v["pairs_per_second"] > 0
+        assert v["delta_f1_low"] <= v["delta_f1"] <= v["delta_f1_high"]
+        assert v["flip_rate_low"] <= v["flip_rate"] <= v["flip_rate_high"]
+    assert 0.0 <= report["threshold"] <= 1.0 and report["n_pairs"] == 16 and report["orders"] == 2
+    assert report["rule"] in (tiny_export / "report.md").read_text()
+    with open(tiny_export / "verify-scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 16 and list(rows[0])[:5] == ["set", "ltable_id", "rtable_id", "label", "merged"]
+    assert set(rows[0]) >= {v["name"] for v in report["variants"]}
     assert sorted(p.name for p in (tiny_export / "gguf").iterdir()) == [
-        "model-BF16.gguf", "model-F16.gguf", "model-IQ4_NL.gguf", "model-Q4_0.gguf", "model-Q4_K_M.gguf",
-        "model-Q8_0.gguf"]
+        "imatrix.gguf", "model-BF16.gguf", "model-F16.gguf", "model-IQ4_NL.gguf", "model-Q4_0-imatrix.gguf",
+        "model-Q4_0.gguf", "model-Q4_K_M.gguf", "model-Q8_0.gguf"]
     assert sorted(p.name for p in (tiny_export / "onnx").iterdir()) == ["fp32", "int4", "int8", "int8-block"]
     assert (tiny_export / "merged" / "model.safetensors").exists()
     assert "| onnx-int4 |" in (tiny_export / "report.md").read_text()
@@ -223,12 +239,88 @@ def test_provenance_in_artifacts(tiny_export, tiny_adapter):
     assert meta["prompt_version"] == prompt.PROMPT_VERSION
     assert meta["adapter_sha256"] == adapter_sha256(tiny_adapter)
     assert len(meta["base_sha256"]) == 64 and meta["version"]
-    assert meta["verify.passed"] == "true" and float(meta["verify.f1"]) >= 0
+    assert meta["verify.verdict"] == "pass" and float(meta["verify.f1"]) >= 0
+    assert "epm.imatrix.sha256" not in meta  # quantized without the importance matrix
     onnx = load_scorer(tiny_export / "onnx" / "int8")
     assert (onnx.threshold, onnx.metadata["threshold_both_orders"]) == cuts["onnx-int8"]
     assert onnx.metadata["quant"] == "int8"
     assert onnx.metadata["adapter_sha256"] == meta["adapter_sha256"]
     onnx.close()
+
+
+def test_importance_matrix_is_the_mean_square_input_of_each_weight(tiny_export, tiny_data):
+    """imatrix.gguf holds, per weight llama.cpp multiplies by, the mean x^2 of its inputs over the
+    calibration prompts: checked for the tied output (token_embd) against transformers' final hidden
+    states, computed apart from the hooks that wrote it."""
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from epm_edge.export import imatrix
+    from epm_edge.runtime.hf import pair_ids
+
+    means = imatrix.load(tiny_export / "gguf" / "imatrix.gguf")
+    f16 = gguf.GGUFReader(tiny_export / "gguf" / "model-F16.gguf")
+    matrices = {t.name: int(t.shape[0]) for t in f16.tensors if len(t.shape) == 2}
+    assert set(means) == set(matrices)  # every 2-D weight, token_embd included (the tied output)
+    assert all(means[n].shape == (cols,) for n, cols in matrices.items())
+    pairs, names = imatrix.calibration_pairs([tiny_data], "train", 8, 32)
+    assert names == [f"{tiny_data.name}/train"] and len(pairs) == 8
+    tok = AutoTokenizer.from_pretrained(tiny_export / "merged")
+    model = AutoModelForCausalLM.from_pretrained(tiny_export / "merged").eval()
+    prefix = tok(prompt.PREFIX, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        last = torch.cat([model(torch.tensor([prefix + pair_ids(tok, a, b)]), output_hidden_states=True)
+                          .hidden_states[-1][0] for a, b in pairs])
+    assert np.allclose(means["token_embd.weight"], (last.double() ** 2).mean(0).numpy(), rtol=1e-4)
+
+
+def test_calibrated_quantization_weights_the_error_by_the_matrix(tiny_export):
+    """llama.cpp's quantizer got the matrix: the calibrated Q4_0 differs from the plain one and its
+    rounding error, weighted by the matrix, is lower on the tensors both store as Q4_0; the file
+    records which matrix it was quantized with."""
+    import gguf
+
+    from epm_edge.export import imatrix
+    from epm_edge.runtime import load_scorer
+
+    means = imatrix.load(tiny_export / "gguf" / "imatrix.gguf")
+
+    def tensors(name):
+        return {t.name: t for t in gguf.GGUFReader(tiny_export / "gguf" / name).tensors}
+
+    f16, plain, calibrated = tensors("model-F16.gguf"), tensors("model-Q4_0.gguf"), tensors("model-Q4_0-imatrix.gguf")
+    q4 = gguf.GGMLQuantizationType.Q4_0
+    both = [n for n in means if plain[n].tensor_type == q4 and calibrated[n].tensor_type == q4]
+    assert len(both) >= 8
+
+    def weighted_error(t, name):
+        w = np.array(f16[name].data, dtype=np.float32)
+        wq = gguf.quants.dequantize(t.data, q4).reshape(w.shape)
+        return float(np.sum(means[name] * (w - wq) ** 2))
+
+    plain_err = np.array([weighted_error(plain[n], n) for n in both])
+    calibrated_err = np.array([weighted_error(calibrated[n], n) for n in both])
+    assert calibrated_err.sum() < plain_err.sum() and np.mean(calibrated_err < plain_err) > 0.5
+    from epm_edge.bench.variants import discover
+
+    names = [v.name for v in discover(tiny_export)]  # bench tells the two apart, and skips the matrix itself
+    assert "gguf-q4_0-imatrix" in names and "gguf-q4_0" in names and len(names) == len(set(names))
+    scorer = load_scorer(tiny_export / "gguf" / "model-Q4_0-imatrix.gguf")
+    try:
+        assert scorer.metadata["imatrix.sha256"] == imatrix.digest(tiny_export / "gguf" / "imatrix.gguf")
+        assert scorer.metadata["imatrix.prompts"] == "8" and "verify.verdict" in scorer.metadata
+    finally:
+        scorer.close()
+
+
+def test_broken_importance_matrix_is_a_clear_error(tmp_path):
+    from epm_edge.export import imatrix
+
+    bad = tmp_path / "imatrix.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 40)
+    with pytest.raises(ModelError, match="imatrix.gguf"):
+        imatrix.load(bad)
 
 
 def test_merge_equals_peft_model(tiny_base, tiny_adapter, tiny_export):
@@ -257,13 +349,23 @@ def test_verify_fails_over_budget_and_names_variant(tiny_export):
         '[[variants]]\nname = "gguf-q4_0"\nformat = "gguf"\nquant = "Q4_0"\nmax_delta_f1 = 100\nmax_flip_rate = -1\n'
         '[[variants]]\nname = "onnx-int8"\nformat = "onnx"\nquant = "int8"\nmax_delta_f1 = 100\nmax_flip_rate = 1\n')
     try:
-        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--limit", "6"])
+        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--pairs", "6"])
         assert result.exit_code == 2
-        assert "over budget: gguf-q4_0 " in result.output
-        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--limit", "6", "--allow-fail"])
+        assert "failed the gate: gguf-q4_0 " in result.output
+        result = CliRunner().invoke(main, ["verify", "--model", str(tiny_export), "--pairs", "6", "--sample", "2",
+                                           "--allow-fail"])
         assert result.exit_code == 0, result.output
         report = json.loads((tiny_export / "report.json").read_text())
-        assert report["passed"] is False and report["n_pairs"] == 6
+        assert report["passed"] is False and report["n_pairs"] == 6 and report["sample"] == 2
+        assert [v["verdict"] for v in report["variants"]] == ["fail", "pass"]
+        # Verified in one order now: the cut for both orders an earlier verification stored is gone.
+        from epm_edge.runtime import load_scorer
+
+        scorer = load_scorer(tiny_export / "gguf" / "model-Q4_0.gguf")
+        try:
+            assert "threshold_both_orders" not in scorer.metadata and scorer.metadata["verify.orders"] == "1"
+        finally:
+            scorer.close()
     finally:
         (tiny_export / "recipe.toml").write_text(stored)
 
@@ -351,6 +453,14 @@ def test_unknown_quant_types(tmp_path):
                    'max_delta_f1 = 1\nmax_flip_rate = 0.1\n')
     with pytest.raises(EpmError, match="format 'tflite'"):
         load_recipe(bad)
+    variant = '[[variants]]\nname = "x"\nformat = "onnx"\nquant = "int8"\nmax_delta_f1 = 1\nmax_flip_rate = 0.1\n'
+    for section, message in (('[verify]\nlimit = 200\n', r"unknown key\(s\) limit in \[verify\]"),
+                             ('[verify]\norders = 3\n', "orders must be 1"),
+                             ('[imatrix]\npairs = 0\n', r"\[imatrix\] pairs must be"),
+                             ('', "imatrix applies to quantized GGUF types only")):
+        bad.write_text(section + variant + ("imatrix = true\n" if not section else ""))
+        with pytest.raises(EpmError, match=message):
+            load_recipe(bad)
 
 
 def test_default_recipe_builds_required_variants():
@@ -362,6 +472,8 @@ def test_default_recipe_builds_required_variants():
     for v in recipe.variants:
         bits8 = v.quant in ("Q8_0", "int8", "int8-block", "F16", "BF16", "fp32")
         assert (v.max_delta_f1, v.max_flip_rate) == ((0.5, 0.01) if bits8 else (1.5, 0.03))
+        assert v.imatrix == (v.format == "gguf" and not bits8)  # 4-bit GGUF types are calibrated
+    assert recipe.pairs >= 1000 and recipe.split == "valid" and recipe.imatrix_split == "train"
 
 
 def test_unloadable_gguf_base(tmp_path, base_gguf):

@@ -67,7 +67,7 @@ def bench(model_path, data, split, limit, variants, threads, batch_size, repeat,
             from epm_edge.features.cascade import load_cascade
 
             load_cascade(cascade)  # a broken feature stage fails here, before any measuring
-    cfg = BenchConfig(model=model, data_dirs=[Path(d.strip()) for d in data.split(",") if d.strip()],
+    cfg = BenchConfig(model=model, data_dirs=data,
                       out=out_path, split=split, limit=limit,
                       variants=[v.strip() for v in variants.split(",") if v.strip()] if variants else None,
                       threads=threads, batch_size=batch_size, repeat=repeat, timing_pairs=timing_pairs,

@@ -11,6 +11,8 @@ from epm_edge.bench.plots import PLOTS, write_plots
 COLUMNS = ("variant", "runtime", "threads", "threshold", "P", "R", "F1", "LLM share", "pairs/s", "prompt tok/s",
            "p50 ms", "p90 ms", "p99 ms", "peak RSS MB", "size MB", "load s")
 COST_COLUMN = "USD / 1M pairs"
+REFERENCE = "hf-fp32"  # with it in a run, each variant's F1 is also shown against it on the same pairs
+DELTA_COLUMN = f"ΔF1 pt vs {REFERENCE}"
 
 
 def num(x: float | None) -> str:
@@ -25,10 +27,12 @@ def _pm(stat: dict | None) -> str:
     return "-" if stat is None else f"{num(stat['mean'])} ± {num(stat['sd'])}"
 
 
-def table_cells(r: dict, with_cost: bool) -> list[str]:
+def table_cells(r: dict, with_cost: bool, reference_f1: float | None = None) -> list[str]:
     lat = r["latency_ms"]
+    delta = [] if reference_f1 is None else [f"{(r['f1'] - reference_f1) * 100:+.1f}"]
     cells = [r["variant"], r["runtime"], str(r["threads"]), f"{r['threshold']:.3f}", f"{r['precision']:.3f}",
-             f"{r['recall']:.3f}", f"**{r['f1']:.3f}**", f"{r.get('llm_share', 1.0):.0%}", _pm(r["pairs_per_s"]),
+             f"{r['recall']:.3f}", f"**{r['f1']:.3f}**", *delta, f"{r.get('llm_share', 1.0):.0%}",
+             _pm(r["pairs_per_s"]),
              _pm(r["prompt_tokens_per_s"]),
              num(lat["p50"]), num(lat["p90"]), num(lat["p99"]), num(r["peak_rss_bytes"] / 1e6),
              num(r["size_bytes"] / 1e6), num(r["load_seconds"])]
@@ -80,7 +84,8 @@ def _header(report: dict, command: str | None) -> list[str]:
 
 NOTES = """\
 How to read: the threshold of each variant maximizes F1 on the valid split and P, R, F1 are then
-measured on the whole split above. pairs/s: offline scoring in batches of the first pairs of the
+measured on the whole split above; with hf-fp32 in the run, ΔF1 is each variant's F1 minus its F1 on
+the same pairs (a variant named `...-imatrix` was quantized with the importance matrix). pairs/s: offline scoring in batches of the first pairs of the
 split (mean ± sd over repetitions, after the accuracy pass has warmed up the runtime).
 p50/p90/p99: one pair per call, pooled over repetitions. With both record orders (see "scoring"),
 every figure is of a pair scored both ways, TF-IDF apart (a cosine, the same either way). prompt
@@ -95,16 +100,19 @@ at the measured pairs/s."""
 def dataset_tables(report: dict) -> list[str]:
     """One Markdown table per dataset, then the variants that failed."""
     with_cost = report["settings"]["usd_per_core_hour"] is not None
-    cols = COLUMNS + ((COST_COLUMN,) if with_cost else ())
     lines = []
     rows = report["results"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
         ok = [r for r in rs if "error" not in r]
+        reference_f1 = next((r["f1"] for r in ok if r["variant"] == REFERENCE), None)
+        f1_at = COLUMNS.index("F1") + 1
+        cols = (COLUMNS[:f1_at] + ((DELTA_COLUMN,) if reference_f1 is not None else ()) + COLUMNS[f1_at:]
+                + ((COST_COLUMN,) if with_cost else ()))
         counts = (f"{ok[0]['n_pairs']} pairs, threshold from {ok[0]['n_valid_pairs']} valid pairs" if ok
                   else "no results")
         lines += [f"## {name} ({rs[0]['split']}, {counts})", "", _md_row(cols), _md_row(["---"] * len(cols))]
-        lines += [_md_row(table_cells(r, with_cost)) for r in ok]
+        lines += [_md_row(table_cells(r, with_cost, reference_f1)) for r in ok]
         lines += [""] + [f"- {r['variant']}@{r['threads']} failed: {r['error']}" for r in rs if "error" in r]
         lines += [""]
     if with_cost:

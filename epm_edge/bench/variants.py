@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from epm_edge.errors import EpmError, ModelError
+from epm_edge.export.imatrix import FILE_NAME as IMATRIX, PROVENANCE_KEY
 
 
 @dataclass
@@ -34,8 +35,9 @@ def disk_size(path: str | Path | None) -> int | None:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
-def gguf_quant(path: Path) -> str:
-    """Quant type from the GGUF header (e.g. q4_k_m); file names are not trusted."""
+def gguf_name(path: Path) -> str:
+    """Variant name from the GGUF header (e.g. gguf-q4_k_m, gguf-q4_k_m-imatrix when quantized with an
+    importance matrix); file names are not trusted."""
     import gguf
     import llama_cpp as lc
 
@@ -43,18 +45,20 @@ def gguf_quant(path: Path) -> str:
 
     model = load_model(path, vocab_only=True)  # header + vocab only: fast
     try:
-        file_type = read_gguf_metadata(model).get("general.file_type")
+        metadata = read_gguf_metadata(model)
     finally:
         lc.llama_model_free(model)
+    file_type = metadata.get("general.file_type")
     if file_type is None:
-        return path.stem.lower()
-    return gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+        return f"gguf-{path.stem.lower()}"
+    quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+    return f"gguf-{quant}{'-imatrix' if 'epm.' + PROVENANCE_KEY in metadata else ''}"
 
 
 def _gguf_variants(files: list[Path]) -> list[Variant]:
     out, seen = [], set()
     for f in sorted(files, key=lambda f: -f.stat().st_size):  # highest precision first
-        name = f"gguf-{gguf_quant(f)}"
+        name = gguf_name(f)
         if name in seen:  # two files of one quant type: tell them apart by file name
             name = f"gguf-{f.stem.lower()}"
         seen.add(name)
@@ -82,7 +86,7 @@ def discover(model: str | Path) -> list[Variant]:
                       Variant("bnb-nf4", "transformers", str(merged), {"bnb": "nf4"})]
         onnx_dirs = [d for d in (root / "onnx").glob("*") if d.is_dir() and any(d.glob("*.onnx"))]
         found += [Variant(f"onnx-{d.name}", "onnx", str(d)) for d in sorted(onnx_dirs, key=lambda d: -disk_size(d))]
-        found += _gguf_variants(list((root / "gguf").glob("*.gguf")))
+        found += _gguf_variants([f for f in (root / "gguf").glob("*.gguf") if f.name != IMATRIX])
         if not found:
             raise ModelError(f"{root}: no merged/, onnx/<variant>/ or gguf/*.gguf inside; "
                              "pass the output dir of `epm-edge export`")

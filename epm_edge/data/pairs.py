@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,12 @@ class LabelledPairs:
         return LabelledPairs(self.path, self.a_ids[rows], self.b_ids[rows], self.labels[rows],
                              self.hard_negative[rows])
 
+    def take(self, rows) -> "LabelledPairs":
+        """The pairs at these row indices, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return LabelledPairs(self.path, [self.a_ids[i] for i in rows], [self.b_ids[i] for i in rows],
+                             self.labels[rows], self.hard_negative[rows])
+
 
 @dataclass
 class PairSet:
@@ -60,6 +67,24 @@ class PairSet:
             split = self.split(name)
             found |= {(a, b) for a, b, y in zip(split.a_ids, split.b_ids, split.labels) if y == 1}
         return found
+
+
+def spread_sample(sets: list[PairSet], split: str, n_pairs: int, sample: int = 1,
+                  seed: int = 0) -> list[tuple[PairSet, LabelledPairs]]:
+    """About `n_pairs` pairs of `split`, an even share from each set, drawn at random with a fixed seed
+    (a set with fewer pairs gives what it has, an exhausted one nothing). Sample k (1, 2, ...) is the k-th
+    share of each set's shuffled pairs, so two samples never hold the same pair."""
+    share = math.ceil(n_pairs / len(sets))
+    drawn = []
+    for ps in sets:
+        pairs = ps.split(split)
+        rows = np.random.default_rng(seed).permutation(len(pairs))[(sample - 1) * share:sample * share]
+        if len(rows):
+            drawn.append((ps, pairs.take(np.sort(rows))))
+    if not drawn:
+        raise InputError(", ".join(str(ps.root) for ps in sets),
+                         f"no {split} pairs left for sample {sample} ({share} pairs a set)")
+    return drawn
 
 
 def load_pair_set(root: str | Path) -> PairSet:

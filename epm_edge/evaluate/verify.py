@@ -8,9 +8,9 @@ model's Q4_0 has its best cut at 0.38 where fp32 has it at 0.86), and the refere
 then count as lost matches what a cut of its own keeps. "Decision flips" are pairs whose
 match/no-match answer, each scoring at its own cut, differs from the reference's.
 
-Pairs are scored in both record orders, the way `epm-edge match` scores them by default, and the
-gate is judged on that scoring. The A/B scores alone give each artifact its one-order cut too
-(`match --one-order`), at no extra cost.
+The verdict rests on a paired bootstrap of delta F1 and the flip rate (evaluate/gate.py). Pairs are
+scored in the A/B order, or in both record orders combined (`orders=2`) as `epm-edge match` scores
+them by default; the A/B scores alone give each artifact its one-order cut either way.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from typing import Callable
 
 import numpy as np
 
-from epm_edge.data.pairs import LabelledPairs, PairSet
-from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
-from epm_edge.evaluate.scoring import score_texts, serialize_pairs
+from epm_edge.evaluate.gate import FAIL, judge
+from epm_edge.evaluate.metrics import best_threshold, compute_metrics
+from epm_edge.evaluate.scoring import score_texts
 from epm_edge.runtime.orders import combine, swapped
 
 BACKEND = {"hf": "transformers", "gguf": "llamacpp", "onnx": "onnx"}
@@ -38,6 +38,7 @@ class Candidate:
     path: Path
     max_delta_f1: float | None = None  # F1 points; None for the reference
     max_flip_rate: float | None = None
+    imatrix: bool = False
 
 
 @dataclass
@@ -46,20 +47,26 @@ class VariantResult:
     format: str
     quant: str
     path: str
-    threshold: float  # maximizes this scoring's F1 on the verification pairs (both orders); stored in the artifact
+    imatrix: bool
+    threshold: float  # maximizes this scoring's F1 on the verification pairs; stored in the artifact
     threshold_one_order: float  # the same on the A/B scores alone; stored too
     precision: float
     recall: float
     f1: float
     delta_f1: float  # F1 - reference F1, as a fraction (x100 for points)
+    delta_f1_low: float  # its 95 % paired-bootstrap interval
+    delta_f1_high: float
     flip_rate: float
+    flip_rate_low: float
+    flip_rate_high: float
     mean_abs_dp: float  # mean |P(match) - reference P(match)|
     size_bytes: int
     load_seconds: float
     pairs_per_second: float
     max_delta_f1: float | None
     max_flip_rate: float | None
-    passed: bool
+    verdict: str  # pass | fail | inconclusive ("reference" for the reference)
+    pairs_to_decide: int | None  # inconclusive: about how many pairs would decide it
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -67,14 +74,16 @@ class VariantResult:
 
 @dataclass
 class Verification:
-    threshold: float  # the reference's (both orders)
+    threshold: float  # the reference's
     n_pairs: int
+    orders: int
     reference: VariantResult
     variants: list[VariantResult]
+    scores: dict[str, np.ndarray]  # per pair, the scores judged: the reference's and each variant's, by name
 
     @property
     def failed(self) -> list[VariantResult]:
-        return [v for v in self.variants if not v.passed]
+        return [v for v in self.variants if v.verdict == FAIL]
 
 
 def artifact_size(path: Path) -> int:
@@ -86,9 +95,9 @@ def artifact_size(path: Path) -> int:
                if f.is_file() and f.suffix in (".safetensors", ".bin", ".onnx", ".onnx_data", ".data"))
 
 
-def _score(c: Candidate, texts: list[tuple[str, str]], threads: int | None,
-           batch_size: int) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """(A/B scores, B/A scores, load seconds, pairs per second with both orders scored)."""
+def _score(c: Candidate, texts: list[tuple[str, str]], orders: int, threads: int | None,
+           batch_size: int) -> tuple[np.ndarray, np.ndarray | None, float, float]:
+    """(A/B scores, B/A scores or None, load seconds, pairs per second with every order scored)."""
     from epm_edge.console import progress_bar
     from epm_edge.runtime import load_scorer
 
@@ -97,41 +106,47 @@ def _score(c: Candidate, texts: list[tuple[str, str]], threads: int | None,
     load = time.perf_counter() - start
     try:
         with progress_bar() as bar:
-            task = bar.add_task(f"{c.name} (both orders)", total=2 * len(texts))
-            ab, ab_s = score_texts(scorer, texts, batch_size, on_batch=lambda n: bar.advance(task, n))
-            ba, ba_s = score_texts(scorer, swapped(texts), batch_size, on_batch=lambda n: bar.advance(task, n))
+            task = bar.add_task(f"{c.name} ({'both orders' if orders == 2 else 'A/B'})", total=orders * len(texts))
+            ab, seconds = score_texts(scorer, texts, batch_size, on_batch=lambda n: bar.advance(task, n))
+            ba = None
+            if orders == 2:
+                ba, ba_s = score_texts(scorer, swapped(texts), batch_size, on_batch=lambda n: bar.advance(task, n))
+                seconds += ba_s
     finally:
         scorer.close()
-    return ab, ba, load, len(texts) / (ab_s + ba_s) if ab_s + ba_s else 0.0
+    return ab, ba, load, len(texts) / seconds if seconds else 0.0
 
 
-def verify(reference: Candidate, candidates: list[Candidate], ps: PairSet, pairs: LabelledPairs,
-           record_tokens: int = 64, threads: int | None = None, batch_size: int = 32,
+def verify(reference: Candidate, candidates: list[Candidate], texts: list[tuple[str, str]], labels: np.ndarray,
+           orders: int = 1, threads: int | None = None, batch_size: int = 32,
            log: Callable[[str], None] = lambda msg: None) -> Verification:
-    labels = pairs.labels
-    texts = serialize_pairs(ps, pairs, record_tokens)
-    log(f"scoring {len(pairs)} pairs in both orders with the reference ({reference.name})")
-    ab, ba, load, rate = _score(reference, texts, threads, batch_size)
-    ref_scores = combine(ab, ba)
-    threshold = best_threshold(labels, ref_scores)
-    ref_m = compute_metrics(labels, ref_scores, threshold)
-    ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), threshold,
-                        best_threshold(labels, ab), ref_m.precision, ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0,
-                        artifact_size(reference.path), load, rate, None, None, True)
+    """Score the serialized pairs `texts` with the reference and every candidate; judge each candidate."""
+    labels = np.asarray(labels)
+
+    def scored(c: Candidate):
+        ab, ba, load, rate = _score(c, texts, orders, threads, batch_size)
+        scores = ab if ba is None else combine(ab, ba)
+        cut = best_threshold(labels, scores)
+        return scores, cut, best_threshold(labels, ab), compute_metrics(labels, scores, cut), load, rate
+
+    log(f"scoring {len(texts)} pairs ({'both orders' if orders == 2 else 'A/B'}) with the reference "
+        f"({reference.name})")
+    ref_scores, threshold, ref_one, ref_m, load, rate = scored(reference)
+    ref = VariantResult(reference.name, reference.format, reference.quant, str(reference.path), False, threshold,
+                        ref_one, ref_m.precision, ref_m.recall, ref_m.f1, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                        artifact_size(reference.path), load, rate, None, None, "reference", None)
     log(f"reference F1 {ref_m.f1:.3f} at threshold {threshold:.4f} ({rate:.1f} pairs/s)")
-    results = []
+    results, all_scores = [], {reference.name: ref_scores}
     for c in candidates:
-        ab, ba, load, rate = _score(c, texts, threads, batch_size)
-        scores = combine(ab, ba)
-        own = best_threshold(labels, scores)
-        m = compute_metrics(labels, scores, own)
-        delta, flips = m.f1 - ref_m.f1, flip_rate(ref_scores, scores, threshold, own)
-        # A small epsilon so a budget met exactly (e.g. 2 flips of 200 at 1 %) is not failed by rounding.
-        passed = abs(delta) * 100 <= c.max_delta_f1 + 1e-9 and flips <= c.max_flip_rate + 1e-9
-        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), own, best_threshold(labels, ab),
-                                     m.precision, m.recall, m.f1, delta, flips,
+        scores, own, one, m, load, rate = scored(c)
+        all_scores[c.name] = scores
+        e = judge(labels, ref_scores, scores, c.max_delta_f1, c.max_flip_rate)
+        results.append(VariantResult(c.name, c.format, c.quant, str(c.path), c.imatrix, own, one, m.precision,
+                                     m.recall, m.f1, e.delta_f1, e.delta_f1_low, e.delta_f1_high, e.flip_rate,
+                                     e.flip_rate_low, e.flip_rate_high,
                                      float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
-                                     load, rate, c.max_delta_f1, c.max_flip_rate, passed))
-        log(f"{c.name}: F1 {m.f1:.3f} at threshold {own:.4f} (delta {delta * 100:+.2f} pt), flips {flips:.1%}, "
-            f"{rate:.1f} pairs/s, {'pass' if passed else 'FAIL'}")
-    return Verification(threshold, len(pairs), ref, results)
+                                     load, rate, c.max_delta_f1, c.max_flip_rate, e.verdict, e.pairs_to_decide))
+        log(f"{c.name}: F1 {m.f1:.3f} at threshold {own:.4f}, delta {e.delta_f1 * 100:+.2f} pt "
+            f"[{e.delta_f1_low * 100:+.2f}, {e.delta_f1_high * 100:+.2f}], flips {e.flip_rate:.1%} "
+            f"[{e.flip_rate_low:.1%}, {e.flip_rate_high:.1%}], {rate:.1f} pairs/s: {e.verdict}")
+    return Verification(threshold, len(texts), orders, ref, results, all_scores)

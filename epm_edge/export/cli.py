@@ -6,17 +6,19 @@ from pathlib import Path
 
 import click
 
-from epm_edge.cli_options import force_option, limit_option, model_option, out_option, threads_option
+from epm_edge.cli_options import data_dirs, force_option, model_option, out_option, threads_option
 from epm_edge.errors import EpmError
 
 data_options = [
-    click.option("--data", "data_dir", type=click.Path(path_type=Path), default=None,
-                 help="Labelled pairs to verify on (default: the adapter's training data, else the recipe's)."),
+    click.option("--data", "data_dirs", default=None, callback=data_dirs,
+                 help="Labelled pair sets to verify on, comma-separated (default: the adapter's training data, "
+                      "else the recipe's)."),
     click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]),
                  help="Split to verify on (default: the recipe's, valid)."),
-    limit_option("Verify on the first N pairs (default: the recipe's)."),
+    click.option("--pairs", type=click.IntRange(min=1), default=None,
+                 help="Pairs to verify on, drawn evenly from the sets with a fixed seed (default: the recipe's, 1000)."),
     threads_option("all cores"),
-    click.option("--allow-fail", is_flag=True, help="Exit 0 even if a variant breaks its accuracy budget."),
+    click.option("--allow-fail", is_flag=True, help="Exit 0 even if a variant fails the gate."),
 ]
 
 
@@ -31,17 +33,22 @@ def _finish(report: dict, root: Path, allow_fail: bool) -> None:
     from epm_edge.export.pipeline import REPORT_MD
 
     click.echo((root / REPORT_MD).read_text())
-    failed = [v["name"] for v in report["variants"] if not v["passed"]]
+    inconclusive = [v["name"] for v in report["variants"] if v["verdict"] == "inconclusive"]
+    if inconclusive:
+        err.print(f"[yellow]note:[/] inconclusive on these pairs: {', '.join(inconclusive)} (more pairs would "
+                  f"decide: --pairs, see {root / REPORT_MD})")
+    failed = [v["name"] for v in report["variants"] if v["verdict"] == "fail"]
     if failed:
-        msg = f"over budget: {', '.join(failed)} (see {root / REPORT_MD})"
+        msg = f"failed the gate: {', '.join(failed)} (see {root / REPORT_MD})"
         if not allow_fail:
             raise EpmError(msg)
         err.print(f"[yellow]warning:[/] {msg}; kept because of --allow-fail")
 
 
 @click.command("export")
-@click.option("--recipe", type=click.Path(path_type=Path), default=None,
-              help="Variants and accuracy budgets (default: the packaged epm_edge/export/default.toml).")
+@click.option("--recipe", default=None,
+              help="Variants and accuracy budgets: a TOML file, or a packaged recipe by name ('default', "
+                   "'imatrix-comparison'; epm_edge/export/recipes/) [default: default].")
 @click.option("--base", type=click.Path(path_type=Path), default=None,
               help="Base model: a .gguf file or a Hugging Face dir (default: the bundled SmolLM2).")
 @click.option("--adapter", type=click.Path(path_type=Path), default=None,
@@ -50,7 +57,7 @@ def _finish(report: dict, root: Path, allow_fail: bool) -> None:
 @out_option("Export dir to create.", default=Path("epm-export"), show_default=True)
 @force_option
 @with_data_options
-def export_cmd(recipe, base, adapter, no_adapter, out_path, force, data_dir, split, limit, threads, allow_fail):
+def export_cmd(recipe, base, adapter, no_adapter, out_path, force, data_dirs, split, pairs, threads, allow_fail):
     """Merge the adapter, build GGUF and ONNX variants, and verify each keeps its accuracy budget."""
     from epm_edge.export.pipeline import run_export
     from epm_edge.export.recipe import load_recipe
@@ -63,18 +70,20 @@ def export_cmd(recipe, base, adapter, no_adapter, out_path, force, data_dir, spl
         if adapter is None:
             raise click.UsageError(f"models/{DEFAULT_ADAPTER} not found: pass --adapter, or --no-adapter for the base")
 
-    report = run_export(load_recipe(recipe), out_path, base=base, adapter=adapter, data=data_dir, split=split,
-                        limit=limit, force=force, threads=threads)
+    report = run_export(load_recipe(recipe), out_path, base=base, adapter=adapter, data=data_dirs, split=split,
+                        pairs=pairs, force=force, threads=threads)
     _finish(report, out_path, allow_fail)
 
 
 @click.command("verify")
 @model_option("An export dir written by `epm-edge export`.", required=True)
 @with_data_options
-def verify_cmd(model_path, data_dir, split, limit, threads, allow_fail):
+@click.option("--sample", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Which sample of pairs: sample K shares no pair with any other sample (a second opinion).")
+def verify_cmd(model_path, data_dirs, split, pairs, threads, allow_fail, sample):
     """Re-verify an export's variants against its merged reference; rewrites its reports and thresholds."""
     from epm_edge.export.pipeline import load_export_recipe, verify_export
 
-    report = verify_export(model_path, load_export_recipe(model_path), data=data_dir, split=split, limit=limit,
-                           threads=threads)
+    report = verify_export(model_path, load_export_recipe(model_path), data=data_dirs, split=split, pairs=pairs,
+                           sample=sample, threads=threads)
     _finish(report, model_path, allow_fail)

@@ -160,7 +160,7 @@ def _add_epm(w: gguf.GGUFWriter, key: str, value) -> None:
 
 
 def set_metadata(path: Path, metadata: dict) -> None:
-    """Rewrite a GGUF with `epm.*` keys added or replaced (the threshold and verification scores
+    """Rewrite a GGUF with `epm.*` keys added, replaced or (None) removed (the thresholds and verification scores
     are only known after verify). The tensors are copied byte for byte."""
     reader = gguf.GGUFReader(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -170,7 +170,7 @@ def set_metadata(path: Path, metadata: dict) -> None:
 
 
 def write_like(reader: gguf.GGUFReader, out: Path, tensors: list | None = None, metadata: dict | None = None) -> None:
-    """Write `reader`'s metadata, with the `epm.*` keys of `metadata` added or replaced, and
+    """Write `reader`'s metadata, with the `epm.*` keys of `metadata` added, replaced or (None) removed, and
     `tensors` (ReaderTensors, default the reader's own) byte for byte to `out`."""
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
     new = {k if k.startswith(EPM_PREFIX) else EPM_PREFIX + k: v for k, v in (metadata or {}).items()}
@@ -183,7 +183,8 @@ def write_like(reader: gguf.GGUFReader, out: Path, tensors: list | None = None, 
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         w.add_key_value(field.name, field.contents(), field.types[0], sub_type=sub)
     for key, value in new.items():
-        _add_epm(w, key, value)
+        if value is not None:  # None removes the key
+            _add_epm(w, key, value)
     for t in tensors:
         w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
     w.write_header_to_file()

@@ -12,16 +12,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from epm_edge import __version__
 from epm_edge.console import err
 from epm_edge.errors import EpmError
 from epm_edge.export.adapter_gguf import gguf_metadata
+from epm_edge.export.imatrix import FILE_NAME as IMATRIX
 from epm_edge.features.cascade import FEATURES_DIR
 from epm_edge.export.recipe import Recipe, VariantSpec
-from epm_edge.model_settings import file_cuts
+from epm_edge.model_settings import BOTH_ORDERS, file_cuts
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 REPORT_JSON, REPORT_MD, RECIPE_COPY = "report.json", "report.md", "recipe.toml"
+SCORES_CSV = "verify-scores.csv"  # every verification pair with each scoring's P(match): which pairs flipped
 
 
 class Steps:
@@ -35,11 +39,13 @@ class Steps:
 
 
 def variant_path(root: Path, spec: VariantSpec) -> Path:
-    return root / "gguf" / f"model-{spec.quant}.gguf" if spec.format == "gguf" else root / "onnx" / spec.quant
+    if spec.format == "onnx":
+        return root / "onnx" / spec.quant
+    return root / "gguf" / f"model-{spec.quant}{'-imatrix' if spec.imatrix else ''}.gguf"
 
 
 def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapter: Path | None = None,
-               data: Path | None = None, split: str | None = None, limit: int | None = None,
+               data: list[Path] | None = None, split: str | None = None, pairs: int | None = None,
                force: bool = False, threads: int | None = None) -> dict:
     """Build every variant of `recipe` into `out`, verify them, write reports; returns report.json's dict."""
     from epm_edge.export import gguf_convert, merge, onnx_export, quantize
@@ -65,10 +71,14 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
             f16 = tmp / "gguf" / "model-F16.gguf"
             log("converting to GGUF F16")
             gguf_convert.convert(tmp / "merged", f16, source_gguf=base_model.gguf, metadata={**meta, "quant": "F16"})
+            calibration = (_importance_matrix(tmp, data, recipe, threads, log)
+                           if any(s.imatrix for s in gguf_specs) else {})
             for spec in gguf_specs:
                 if spec.quant != "F16":
-                    log(f"quantizing GGUF {spec.quant}")
-                    quantize.quantize(f16, variant_path(tmp, spec), spec.quant, threads=threads)
+                    log(f"quantizing GGUF {spec.quant}{' with the importance matrix' if spec.imatrix else ''}")
+                    quantize.quantize(f16, variant_path(tmp, spec), spec.quant, threads=threads,
+                                      imatrix=tmp / "gguf" / IMATRIX if spec.imatrix else None,
+                                      provenance=calibration if spec.imatrix else None)
             if not any(s.quant == "F16" for s in gguf_specs):
                 f16.unlink()
         if onnx_specs:
@@ -86,7 +96,7 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         (tmp / RECIPE_COPY).write_text(recipe.text)
         if adapter and (Path(adapter) / FEATURES_DIR).is_dir():  # the cascade travels with its LLM
             shutil.copytree(Path(adapter) / FEATURES_DIR, tmp / FEATURES_DIR)
-        report = verify_export(tmp, recipe, data=data, split=split, limit=limit,
+        report = verify_export(tmp, recipe, data=data, split=split, pairs=pairs,
                                threads=threads, log=log)
         if out.exists():
             shutil.rmtree(out)
@@ -98,107 +108,169 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
     return report
 
 
-def _trained_data(trained: dict) -> Path | None:
-    """The first training data dir an adapter's sidecar names (`data.config.dirs`, as
-    `epm-edge train` writes it), if it still exists: verification defaults to its valid split."""
+def _importance_matrix(root: Path, data: list[Path], recipe: Recipe, threads: int | None, log) -> dict:
+    """Compute the importance matrix from the merged model into <root>/gguf/imatrix.gguf; returns the
+    provenance the calibrated GGUFs carry."""
+    from epm_edge.console import progress_bar
+    from epm_edge.export import imatrix
+
+    pairs, names = imatrix.calibration_pairs(data, recipe.imatrix_split, recipe.imatrix_pairs, recipe.record_tokens)
+    log(f"importance matrix from {len(pairs)} prompts of {', '.join(names)}")
+    with progress_bar() as bar:
+        task = bar.add_task("importance matrix", total=len(pairs))
+        stats = imatrix.compute(root / "merged", pairs, threads=threads, on_pair=lambda: bar.advance(task))
+    path = imatrix.write(root / "gguf" / IMATRIX, stats, names, len(pairs))
+    return {"imatrix.data": ",".join(names), "imatrix.prompts": len(pairs), imatrix.PROVENANCE_KEY: imatrix.digest(path)}
+
+
+def _trained_data(trained: dict) -> list[Path] | None:
+    """The training data dirs an adapter's sidecar names (`data.config.dirs`, as `epm-edge train` writes
+    it) that still exist: verification defaults to their valid splits."""
     data = trained.get("data")
     dirs = data.get("config", {}).get("dirs", []) if isinstance(data, dict) else [data] if data else []
-    return next((Path(d) for d in dirs if Path(d).is_dir()), None)
+    return [Path(d) for d in dirs if Path(d).is_dir()] or None
 
 
-def verify_data(data: Path | None, recipe: Recipe) -> Path:
-    """The labelled pairs to verify on: `data`, else the recipe's."""
-    if (data or recipe.data) is None:
-        raise EpmError("no labelled data to verify on: pass --data DIR (or set [verify] data in the recipe)")
-    return data or recipe.data
+def verify_data(data: list[Path] | None, recipe: Recipe) -> list[Path]:
+    """The labelled pair sets to verify on: `data`, else the recipe's."""
+    if not (data or recipe.data):
+        raise EpmError("no labelled data to verify on: pass --data DIR[,DIR...] (or set [verify] data in the recipe)")
+    return list(data or recipe.data)
 
 
-def verify_export(root: Path, recipe: Recipe, data: Path | None = None, split: str | None = None,
-                  limit: int | None = None, threads: int | None = None, batch_size: int = 32,
+def verify_export(root: Path, recipe: Recipe, data: list[Path] | None = None, split: str | None = None,
+                  pairs: int | None = None, sample: int = 1, threads: int | None = None, batch_size: int = 32,
                   log=None) -> dict:
     """Verify the variants of an export dir against its merged reference; stamp and report."""
     from epm_edge.data import load_pair_set
+    from epm_edge.data.pairs import spread_sample
+    from epm_edge.evaluate.scoring import serialize_pairs
     from epm_edge.evaluate.verify import Candidate, verify
 
     log = log or Steps()
     data = verify_data(data, recipe)
     split = split or recipe.split
-    limit = limit if limit is not None else recipe.limit
-    ps = load_pair_set(data)
-    pairs = ps.split(split).head(limit)
+    drawn = spread_sample([load_pair_set(d) for d in data], split, pairs or recipe.pairs, sample)
+    texts = [t for ps, p in drawn for t in serialize_pairs(ps, p, recipe.record_tokens)]
+    labels = np.concatenate([p.labels for _, p in drawn])
     reference = Candidate("merged", "hf", "f32", root / "merged")
     candidates = []
     for spec in recipe.variants:
         path = variant_path(root, spec)
         if not path.exists():
             raise EpmError(f"{path}: variant '{spec.name}' of the recipe is missing from this export")
-        candidates.append(Candidate(spec.name, spec.format, spec.quant, path, spec.max_delta_f1, spec.max_flip_rate))
-    log(f"verifying {len(candidates)} variants on {ps.name}/{split} ({len(pairs)} pairs)")
-    result = verify(reference, candidates, ps, pairs, record_tokens=recipe.record_tokens, threads=threads,
+        candidates.append(Candidate(spec.name, spec.format, spec.quant, path, spec.max_delta_f1, spec.max_flip_rate,
+                                    spec.imatrix))
+    sets = ", ".join(f"{ps.name} {len(p)}" for ps, p in drawn)
+    log(f"verifying {len(candidates)} variants on {len(texts)} {split} pairs (sample {sample}: {sets})")
+    result = verify(reference, candidates, texts, labels, orders=recipe.orders, threads=threads,
                     batch_size=batch_size, log=log)
-    log("writing threshold and verification scores into the artifacts")
-    _stamp(root, result, f"{ps.name}/{split}")
-    report = _report(root, result, data, split, recipe)
+    log("writing thresholds and verification scores into the artifacts")
+    sample_name = f"{split} sample {sample} of {', '.join(ps.name for ps, _ in drawn)}"
+    _stamp(root, result, sample_name)
+    _write_scores(root / SCORES_CSV, drawn, result.scores)
+    report = _report(root, result, data, split, sample, recipe)
     (root / REPORT_JSON).write_text(json.dumps(report, indent=2) + "\n")
     (root / REPORT_MD).write_text(report_markdown(report))
     return report
 
 
+def _write_scores(path: Path, drawn: list, scores: dict[str, np.ndarray]) -> None:
+    import csv
+
+    keys = [(ps.name, a, b, int(y)) for ps, p in drawn for a, b, y in zip(p.a_ids, p.b_ids, p.labels)]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["set", "ltable_id", "rtable_id", "label", *scores])
+        for i, key in enumerate(keys):
+            w.writerow([*key, *(f"{v[i]:.6f}" for v in scores.values())])
+
+
 def _stamp(root: Path, result, data_name: str) -> None:
-    """Each artifact's own thresholds (one order, both orders) and its verification scores into it (GGUF
-    metadata, JSON sidecars)."""
+    """Each artifact's own thresholds and its verification scores into it (GGUF metadata, JSON sidecars).
+    Verified in one order, an artifact keeps no cut for both orders (an earlier one belonged to other pairs)."""
     from epm_edge.export.gguf_convert import set_metadata
 
     def cuts(v):
-        return file_cuts(v.threshold_one_order, v.threshold)
+        found = file_cuts(v.threshold_one_order, v.threshold if result.orders == 2 else None)
+        return {BOTH_ORDERS: None, **found}
 
-    write_sidecar(root / "merged", {**read_sidecar(root / "merged"), **cuts(result.reference)})
+    def updated(path: Path, new: dict) -> dict:
+        return {k: v for k, v in {**read_sidecar(path), **new}.items() if v is not None}
+
+    write_sidecar(root / "merged", updated(root / "merged", cuts(result.reference)))
     for v in result.variants:
         scores = {"verify.f1": v.f1, "verify.delta_f1": v.delta_f1, "verify.flip_rate": v.flip_rate,
-                  "verify.passed": v.passed, "verify.data": data_name, "verify.n_pairs": result.n_pairs}
+                  "verify.verdict": v.verdict, "verify.data": data_name, "verify.n_pairs": result.n_pairs,
+                  "verify.orders": result.orders}
         if v.format == "gguf":
             set_metadata(Path(v.path), {**cuts(v), **scores})
         else:
-            write_sidecar(Path(v.path), {**read_sidecar(Path(v.path)), **cuts(v), **scores})
+            write_sidecar(Path(v.path), updated(Path(v.path), {**cuts(v), **scores}))
 
 
-def _report(root: Path, result, data: Path, split: str, recipe: Recipe) -> dict:
+def _report(root: Path, result, data: list[Path], split: str, sample: int, recipe: Recipe) -> dict:
+    from epm_edge.evaluate.gate import LEVEL, RESAMPLES, RULE
+
     def row(v):
         d = v.to_json()
         d["path"] = str(Path(v.path).relative_to(root)) if Path(v.path).is_relative_to(root) else v.path
         return d
 
-    return {"version": __version__, "threshold": result.threshold, "data": str(data), "split": split,
-            "n_pairs": result.n_pairs, "recipe": str(recipe.path), "provenance": read_sidecar(root / "merged"),
+    return {"version": __version__, "threshold": result.threshold, "data": [str(d) for d in data], "split": split,
+            "sample": sample, "n_pairs": result.n_pairs, "orders": result.orders,
+            "interval": {"level": LEVEL, "resamples": RESAMPLES, "method": "paired percentile bootstrap"},
+            "rule": RULE, "recipe": str(recipe.path), "provenance": read_sidecar(root / "merged"),
             "reference": row(result.reference), "variants": [row(v) for v in result.variants],
             "passed": not result.failed}
 
 
+def _verdict_cell(v: dict, n_pairs: int) -> str:
+    if v["verdict"] == "fail":
+        return "**FAIL**"
+    if v["verdict"] == "inconclusive":
+        need = v["pairs_to_decide"]
+        if need is None or need > 100 * n_pairs:  # a point estimate at its budget: no sample size will do
+            return "inconclusive (at its budget)"
+        return f"inconclusive (~{need:,} pairs would decide)"
+    return v["verdict"]
+
+
 def report_markdown(report: dict) -> str:
-    head = ("| variant | format | quant | size MB | load s | pairs/s | threshold | one-order cut | P | R | F1 "
-            "| ΔF1 pt | flips | mean abs ΔP | budget | result |\n|" + "---|" * 16 + "\n")
+    head = ("| variant | format | quant | imatrix | size MB | pairs/s | threshold | one-order cut | F1 "
+            "| ΔF1 pt [95 % CI] | flips [95 % CI] | mean abs ΔP | budget | verdict |\n|" + "---|" * 14 + "\n")
     lines = []
     for v in [report["reference"], *report["variants"]]:
-        budget = ("reference" if v["max_delta_f1"] is None
-                  else f"≤{v['max_delta_f1']:g} pt, ≤{v['max_flip_rate']:.0%}")
-        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {v['size_bytes'] / 1e6:.0f} "
-                     f"| {v['load_seconds']:.1f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
-                     f"| {v['threshold_one_order']:.4f} "
-                     f"| {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['delta_f1'] * 100:+.2f} "
-                     f"| {v['flip_rate']:.1%} | {v['mean_abs_dp']:.4f} | {budget} "
-                     f"| {'pass' if v['passed'] else '**FAIL**'} |")
+        if v["max_delta_f1"] is None:
+            budget = delta = flips = "reference"
+        else:
+            budget = f"ΔF1 ≥ -{v['max_delta_f1']:g} pt, flips ≤ {v['max_flip_rate']:.0%}"
+            delta = (f"{v['delta_f1'] * 100:+.2f} [{v['delta_f1_low'] * 100:+.2f}, "
+                     f"{v['delta_f1_high'] * 100:+.2f}]")
+            flips = f"{v['flip_rate']:.1%} [{v['flip_rate_low']:.1%}, {v['flip_rate_high']:.1%}]"
+        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {'yes' if v['imatrix'] else ''} "
+                     f"| {v['size_bytes'] / 1e6:.0f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
+                     f"| {v['threshold_one_order']:.4f} | {v['f1'] * 100:.1f} | {delta} | {flips} "
+                     f"| {v['mean_abs_dp']:.4f} | {budget} | {_verdict_cell(v, report['n_pairs'])} |")
     prov = report["provenance"]
+    order = "in both record orders combined, as `epm-edge match` does by default" if report["orders"] == 2 \
+        else "in the A/B record order"
+    inconclusive = [v["name"] for v in report["variants"] if v["verdict"] == "inconclusive"]
+    failed = [v["name"] for v in report["variants"] if v["verdict"] == "fail"]
+    summary = ("Failed: " + ", ".join(failed) + ".\n" if failed else "No variant failed.\n")
+    if inconclusive:
+        summary += "Inconclusive on these pairs: " + ", ".join(inconclusive) + ".\n"
     return (f"# epm-edge export report\n\n"
-            f"Verified on {report['n_pairs']} pairs of `{report['data']}` ({report['split']}), each scored in both "
-            f"record orders as `epm-edge match` does by default (pairs/s counts a pair once). Each variant's "
-            f"threshold maximizes its own F1 on these pairs and is stored in it (quantization shifts scores), "
-            f"with the cut for the A/B scores alone (`match --one-order`); "
-            f"flips count decisions, each at its own threshold, that differ from the reference's.\n\n"
+            f"Verified on {report['n_pairs']} {report['split']} pairs (sample {report['sample']}, drawn evenly "
+            f"from {', '.join(Path(d).name for d in report['data'])} with a fixed seed), each scored {order}. "
+            f"Each variant's threshold maximizes its own F1 on these pairs and is stored in it (quantization "
+            f"shifts scores), with the cut for the A/B scores alone (`match --one-order`); flips count decisions, "
+            f"each at its own threshold, that differ from the reference's. Intervals: 95 % paired bootstrap "
+            f"({report['interval']['resamples']} resamples of the pairs, both cuts chosen again in each).\n\n"
+            f"Rule: {report['rule']}\n\n"
             f"Base `{prov.get('base', '?')}` (sha256 {prov.get('base_sha256', '?')[:12]}...), adapter "
             f"`{prov.get('adapter') or 'none'}`, prompt {prov.get('prompt_version', '?')}, "
-            f"epm-edge {report['version']}.\n\n" + head + "\n".join(lines) + "\n\n"
-            + ("All variants are within their budgets.\n" if report["passed"] else
-               "Failed: " + ", ".join(v["name"] for v in report["variants"] if not v["passed"]) + "\n"))
+            f"epm-edge {report['version']}.\n\n" + head + "\n".join(lines) + "\n\n" + summary)
 
 
 def load_export_recipe(root: Path) -> Recipe:
@@ -208,6 +280,7 @@ def load_export_recipe(root: Path) -> Recipe:
     if not (root / "merged").is_dir():
         raise EpmError(f"{root}: not an epm-edge export dir (no merged/ reference)")
     recipe = load_recipe(root / RECIPE_COPY)
-    if (root / REPORT_JSON).exists():  # the copy's relative data path no longer resolves: reuse the last one
-        recipe.data = Path(json.loads((root / REPORT_JSON).read_text())["data"])
+    if (root / REPORT_JSON).exists():  # the copy's relative data paths no longer resolve: reuse the last ones
+        data = json.loads((root / REPORT_JSON).read_text())["data"]
+        recipe.data = [Path(d) for d in ([data] if isinstance(data, str) else data)]
     return recipe

@@ -10,10 +10,6 @@ from epm_edge.cli_options import (batch_option, data_option, limit_option, model
                                   record_tokens_option, threads_option)
 
 
-def _dirs(value: str) -> list[Path]:
-    return [Path(d.strip()) for d in value.split(",") if d.strip()]
-
-
 def _data_options(f):
     options = [
         data_option(),
@@ -46,7 +42,7 @@ def _data_options(f):
 def _data_config(data, neg_ratio, max_per_set, noise, swap, no_teacher, record_tokens, label_only, seed):
     from epm_edge.train.dataset import DataConfig
 
-    return DataConfig(_dirs(data), neg_ratio=neg_ratio, max_per_set=max_per_set, noise=noise, swap=swap,
+    return DataConfig(data, neg_ratio=neg_ratio, max_per_set=max_per_set, noise=noise, swap=swap,
                       teacher=not no_teacher, record_tokens=record_tokens, rationale=not label_only, seed=seed)
 
 
@@ -164,7 +160,7 @@ def features(data, model_path):
     from epm_edge.train.features import train_feature_matcher
 
     out = _adapter_or_default(model_path) / FEATURES_DIR
-    matcher = train_feature_matcher(_dirs(data), out, log=err.print)
+    matcher = train_feature_matcher(data, out, log=err.print)
     for name, fig in matcher.info["valid"].items():
         err.print(f"valid {name}: {fig['pairs']} pairs, AP {fig['average_precision']:.3f}, "
                   f"best F1 {fig['best_f1']:.3f}")
@@ -194,7 +190,7 @@ def cascade(data, model_path, quant, scores_dir, limit, budget, threads, batch_s
     settings = {"model": model_identity(scorer.path), "backend": scorer.name}
     try:
         with progress_bar() as bar:
-            s, path = fit_cascade_on_valid(scorer, adapter, _dirs(data), scores_dir, settings, budget=budget,
+            s, path = fit_cascade_on_valid(scorer, adapter, data, scores_dir, settings, budget=budget,
                                            limit=limit, batch_size=batch_size, bar=bar)
     finally:
         scorer.close()
