@@ -249,9 +249,10 @@ def test_provenance_in_artifacts(tiny_export, tiny_adapter):
 
 
 def test_importance_matrix_is_the_mean_square_input_of_each_weight(tiny_export, tiny_data):
-    """imatrix.gguf holds, per weight llama.cpp multiplies by, the mean x^2 of its inputs over the
-    calibration prompts: checked for the tied output (token_embd) against transformers' final hidden
-    states, computed apart from the hooks that wrote it."""
+    """imatrix.gguf holds, per block weight llama.cpp multiplies by (as llama-imatrix collects: not the
+    output / tied token embedding), the mean x^2 of its inputs over the calibration prompts: checked for
+    the first attention projections against layer 0's input norm in transformers, computed apart from
+    the hooks that wrote it."""
     import gguf
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -261,8 +262,8 @@ def test_importance_matrix_is_the_mean_square_input_of_each_weight(tiny_export, 
 
     means = imatrix.load(tiny_export / "gguf" / "imatrix.gguf")
     f16 = gguf.GGUFReader(tiny_export / "gguf" / "model-F16.gguf")
-    matrices = {t.name: int(t.shape[0]) for t in f16.tensors if len(t.shape) == 2}
-    assert set(means) == set(matrices)  # every 2-D weight, token_embd included (the tied output)
+    matrices = {t.name: int(t.shape[0]) for t in f16.tensors if len(t.shape) == 2 and t.name.startswith("blk.")}
+    assert set(means) == set(matrices) and len(means) == 14  # 7 per layer
     assert all(means[n].shape == (cols,) for n, cols in matrices.items())
     pairs, names = imatrix.calibration_pairs([tiny_data], "train", 8, 32)
     assert names == [f"{tiny_data.name}/train"] and len(pairs) == 8
@@ -270,9 +271,12 @@ def test_importance_matrix_is_the_mean_square_input_of_each_weight(tiny_export, 
     model = AutoModelForCausalLM.from_pretrained(tiny_export / "merged").eval()
     prefix = tok(prompt.PREFIX, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        last = torch.cat([model(torch.tensor([prefix + pair_ids(tok, a, b)]), output_hidden_states=True)
-                          .hidden_states[-1][0] for a, b in pairs])
-    assert np.allclose(means["token_embd.weight"], (last.double() ** 2).mean(0).numpy(), rtol=1e-4)
+        embedded = [model(torch.tensor([prefix + pair_ids(tok, a, b)]), output_hidden_states=True).hidden_states[0][0]
+                    for a, b in pairs]
+        normed = torch.cat([model.model.layers[0].input_layernorm(h) for h in embedded])
+    want = (normed.double() ** 2).mean(0).numpy()
+    for name in ("blk.0.attn_q.weight", "blk.0.attn_k.weight", "blk.0.attn_v.weight"):
+        assert np.allclose(means[name], want, rtol=1e-4)
 
 
 def test_calibrated_quantization_weights_the_error_by_the_matrix(tiny_export):
@@ -472,8 +476,12 @@ def test_default_recipe_builds_required_variants():
     for v in recipe.variants:
         bits8 = v.quant in ("Q8_0", "int8", "int8-block", "F16", "BF16", "fp32")
         assert (v.max_delta_f1, v.max_flip_rate) == ((0.5, 0.01) if bits8 else (1.5, 0.03))
-        assert v.imatrix == (v.format == "gguf" and not bits8)  # 4-bit GGUF types are calibrated
+        assert not (v.imatrix and bits8)
+    assert ("gguf", "Q4_0", True) in {(v.format, v.quant, v.imatrix) for v in recipe.variants}
     assert recipe.pairs >= 1000 and recipe.split == "valid" and recipe.imatrix_split == "train"
+    comparison = load_recipe("imatrix-comparison")  # packaged recipes go by name
+    assert {(v.quant, v.imatrix) for v in comparison.variants} == {(q, i) for q in ("Q4_K_M", "Q4_0")
+                                                                   for i in (False, True)}
 
 
 def test_unloadable_gguf_base(tmp_path, base_gguf):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -57,12 +58,24 @@ def _f1(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.divide(2 * tp, denominator, out=np.zeros(np.shape(tp)), where=denominator > 0)
 
 
-def _side_verdict(point: float, low: float, high: float, limit: float, worse_is_high: bool) -> str:
-    """One budget's verdict: the interval wholly past `limit` on the worse side, wholly short of it, or across."""
-    eps = 1e-9  # a budget met exactly (2 flips of 200 at 1 %) is not failed by rounding
-    if worse_is_high:
-        return FAIL if low > limit + eps else PASS if high <= limit + eps else INCONCLUSIVE
-    return FAIL if high < limit - eps else PASS if low >= limit - eps else INCONCLUSIVE
+class _Budget(NamedTuple):
+    point: float
+    low: float
+    high: float
+    limit: float
+    worse_is_high: bool  # flips: more is worse; delta F1: less is worse
+
+    @property
+    def verdict(self) -> str:
+        """The interval wholly past the limit on the worse side, wholly short of it, or across it."""
+        eps = 1e-9  # a budget met exactly (2 flips of 200 at 1 %) is not failed by rounding
+        if self.worse_is_high:
+            return FAIL if self.low > self.limit + eps else PASS if self.high <= self.limit + eps else INCONCLUSIVE
+        return FAIL if self.high < self.limit - eps else PASS if self.low >= self.limit - eps else INCONCLUSIVE
+
+    @property
+    def point_is_past(self) -> bool:
+        return self.point > self.limit if self.worse_is_high else self.point < self.limit
 
 
 def _pairs_to_decide(n: int, point: float, low: float, high: float, limit: float) -> int | None:
@@ -88,18 +101,17 @@ def judge(labels, ref_scores, scores, max_delta_f1: float, max_flip_rate: float,
     tail = (1 - LEVEL) / 2 * 100
     d_low, d_high = np.percentile(deltas, [tail, 100 - tail])
     f_low, f_high = np.percentile(flip_draws, [tail, 100 - tail])
-    loss_limit = -max_delta_f1 / 100
-    sides = [(_side_verdict(delta, d_low, d_high, loss_limit, False), delta, d_low, d_high, loss_limit, False),
-             (_side_verdict(flips, f_low, f_high, max_flip_rate, True), flips, f_low, f_high, max_flip_rate, True)]
-    verdicts = {v for v, *_ in sides}
+    budgets = [_Budget(delta, d_low, d_high, -max_delta_f1 / 100, False),
+               _Budget(flips, f_low, f_high, max_flip_rate, True)]
+    verdicts = {b.verdict for b in budgets}
     verdict = FAIL if FAIL in verdicts else PASS if verdicts == {PASS} else INCONCLUSIVE
     needed = None
     if verdict == INCONCLUSIVE:
-        # One budget failing decides (fail); otherwise every open one must pass (pass).
-        open_sides = [(point, low, high, limit, worse_is_high) for v, point, low, high, limit, worse_is_high
-                      in sides if v == INCONCLUSIVE]
-        failing = [s for s in open_sides if (s[0] > s[3]) == s[4] and s[0] != s[3]]
-        counts = [_pairs_to_decide(n, *s[:4]) for s in (failing or open_sides)]
-        known = [c for c in counts if c is not None]
-        needed = (min(known) if known else None) if failing else (None if None in counts else max(counts))
+        open_budgets = [b for b in budgets if b.verdict == INCONCLUSIVE]
+        past = [b for b in open_budgets if b.point_is_past]  # one of these failing decides alone
+        counts = [_pairs_to_decide(n, *b[:4]) for b in (past or open_budgets)]
+        if past:
+            needed = min((c for c in counts if c is not None), default=None)
+        else:  # every open budget must clear
+            needed = None if None in counts else max(counts)
     return Evidence(delta, float(d_low), float(d_high), flips, float(f_low), float(f_high), verdict, needed)

@@ -12,7 +12,7 @@ from epm_edge.errors import EpmError
 data_options = [
     click.option("--data", "data_dirs", default=None, callback=data_dirs,
                  help="Labelled pair sets to verify on, comma-separated (default: the adapter's training data, "
-                      "else the recipe's)."),
+                      "else the recipe's; for verify, those of the export's last verification)."),
     click.option("--split", default=None, type=click.Choice(["train", "valid", "test"]),
                  help="Split to verify on (default: the recipe's, valid)."),
     click.option("--pairs", type=click.IntRange(min=1), default=None,

@@ -1,7 +1,7 @@
 """Importance matrix for low-bit GGUF types, computed from the matcher's own prompts.
 
 llama.cpp's quantizers weight the rounding error of each weight column by how large that column's
-inputs are: the mean of x^2 over calibration tokens, per input of every matrix multiplication. The
+inputs are: the mean of x^2 over calibration tokens, per input of every block's matrix multiplication. The
 representative text for a product matcher is its own prompts, so the matrix is computed with the merged
 fp32 model in transformers on training pairs rendered exactly as the scorers render them (both record
 orders), and written in llama-imatrix's GGUF format (`<tensor>.in_sum2`, `<tensor>.counts`,
@@ -39,7 +39,9 @@ def calibration_pairs(dirs: list[Path], split: str, n_pairs: int, record_tokens:
 
 
 def _gguf_names(model) -> dict[str, str]:
-    """HF Linear module name -> the GGUF weight it becomes (a tied lm_head multiplies by token_embd)."""
+    """HF Linear module name -> the GGUF weight it becomes, for the transformer blocks' weights only, as
+    llama-imatrix collects by default: the output layer is left out (with tied embeddings it is the token
+    embedding, whose rows are also looked up as inputs, where an output-side weighting does not apply)."""
     import torch
 
     config = model.config
@@ -49,14 +51,11 @@ def _gguf_names(model) -> dict[str, str]:
     names = gguf.get_tensor_name_map(ARCHS[arch], config.num_hidden_layers)
     found = {}
     for module_name, module in model.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if module_name == "lm_head" and config.tie_word_embeddings:
-            found[module_name] = "token_embd.weight"
+        if not isinstance(module, torch.nn.Linear) or module_name == "lm_head":
             continue
         name = names.get_name(f"{module_name}.weight", try_suffixes=(".weight",))
-        if name is None:
-            raise ModelError(f"importance matrix: no GGUF name for {module_name}")
+        if name is None or not name.startswith("blk."):
+            raise ModelError(f"importance matrix: no GGUF block weight for {module_name}")
         found[module_name] = name
     return found
 

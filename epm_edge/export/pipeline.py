@@ -266,7 +266,7 @@ def report_markdown(report: dict) -> str:
             f"Each variant's threshold maximizes its own F1 on these pairs and is stored in it (quantization "
             f"shifts scores), with the cut for the A/B scores alone (`match --one-order`); flips count decisions, "
             f"each at its own threshold, that differ from the reference's. Intervals: 95 % paired bootstrap "
-            f"({report['interval']['resamples']} resamples of the pairs, both cuts chosen again in each).\n\n"
+            f"({report['interval']['resamples']} resamples of the pairs, each scoring at its stored cut).\n\n"
             f"Rule: {report['rule']}\n\n"
             f"Base `{prov.get('base', '?')}` (sha256 {prov.get('base_sha256', '?')[:12]}...), adapter "
             f"`{prov.get('adapter') or 'none'}`, prompt {prov.get('prompt_version', '?')}, "
