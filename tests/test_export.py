@@ -286,6 +286,7 @@ def test_calibrated_quantization_weights_the_error_by_the_matrix(tiny_export):
     import gguf
 
     from epm_edge.export import imatrix
+    from epm_edge.model_store import sha256_file
     from epm_edge.runtime import load_scorer
 
     means = imatrix.load(tiny_export / "gguf" / "imatrix.gguf")
@@ -312,7 +313,7 @@ def test_calibrated_quantization_weights_the_error_by_the_matrix(tiny_export):
     assert "gguf-q4_0-imatrix" in names and "gguf-q4_0" in names and len(names) == len(set(names))
     scorer = load_scorer(tiny_export / "gguf" / "model-Q4_0-imatrix.gguf")
     try:
-        assert scorer.metadata["imatrix.sha256"] == imatrix.digest(tiny_export / "gguf" / "imatrix.gguf")
+        assert scorer.metadata["imatrix.sha256"] == sha256_file(tiny_export / "gguf" / "imatrix.gguf")
         assert scorer.metadata["imatrix.prompts"] == "8" and "verify.verdict" in scorer.metadata
     finally:
         scorer.close()

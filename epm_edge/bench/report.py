@@ -85,8 +85,9 @@ def _header(report: dict, command: str | None) -> list[str]:
 NOTES = """\
 How to read: the threshold of each variant maximizes F1 on the valid split and P, R, F1 are then
 measured on the whole split above; with hf-fp32 in the run, ΔF1 is each variant's F1 minus its F1 on
-the same pairs (a variant named `...-imatrix` was quantized with the importance matrix). pairs/s: offline scoring in batches of the first pairs of the
-split (mean ± sd over repetitions, after the accuracy pass has warmed up the runtime).
+the same pairs (a variant named `...-imatrix` was quantized with the importance matrix). pairs/s:
+offline scoring in batches of the first pairs of the split (mean ± sd over repetitions, after the
+accuracy pass has warmed up the runtime).
 p50/p90/p99: one pair per call, pooled over repetitions. With both record orders (see "scoring"),
 every figure is of a pair scored both ways, TF-IDF apart (a cosine, the same either way). prompt
 tok/s: tokens of the full prompts (shared instruction prefix included) times pairs/s, so runtimes

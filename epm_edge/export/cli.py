@@ -30,14 +30,15 @@ def with_data_options(f):
 
 def _finish(report: dict, root: Path, allow_fail: bool) -> None:
     from epm_edge.console import err
-    from epm_edge.export.pipeline import REPORT_MD
+    from epm_edge.evaluate.gate import FAIL, INCONCLUSIVE
+    from epm_edge.export.pipeline import REPORT_MD, verdict_names
 
     click.echo((root / REPORT_MD).read_text())
-    inconclusive = [v["name"] for v in report["variants"] if v["verdict"] == "inconclusive"]
+    inconclusive = verdict_names(report, INCONCLUSIVE)
     if inconclusive:
         err.print(f"[yellow]note:[/] inconclusive on these pairs: {', '.join(inconclusive)} (more pairs would "
                   f"decide: --pairs, see {root / REPORT_MD})")
-    failed = [v["name"] for v in report["variants"] if v["verdict"] == "fail"]
+    failed = verdict_names(report, FAIL)
     if failed:
         msg = f"failed the gate: {', '.join(failed)} (see {root / REPORT_MD})"
         if not allow_fail:

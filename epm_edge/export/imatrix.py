@@ -10,7 +10,6 @@ orders), and written in llama-imatrix's GGUF format (`<tensor>.in_sum2`, `<tenso
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import gguf
@@ -136,7 +135,3 @@ def load(path: Path) -> dict[str, np.ndarray]:
     if not means:
         raise ModelError(f"{path}: no importance matrix entries ({SUM2} tensors)")
     return means
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

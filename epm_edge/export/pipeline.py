@@ -21,7 +21,9 @@ from epm_edge.export.adapter_gguf import gguf_metadata
 from epm_edge.export.imatrix import FILE_NAME as IMATRIX
 from epm_edge.features.cascade import FEATURES_DIR
 from epm_edge.export.recipe import Recipe, VariantSpec
+from epm_edge.evaluate.gate import FAIL, INCONCLUSIVE
 from epm_edge.model_settings import BOTH_ORDERS, file_cuts
+from epm_edge.model_store import sha256_file
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 REPORT_JSON, REPORT_MD, RECIPE_COPY = "report.json", "report.md", "recipe.toml"
@@ -120,7 +122,7 @@ def _importance_matrix(root: Path, data: list[Path], recipe: Recipe, threads: in
         task = bar.add_task("importance matrix", total=len(pairs))
         stats = imatrix.compute(root / "merged", pairs, threads=threads, on_pair=lambda: bar.advance(task))
     path = imatrix.write(root / "gguf" / IMATRIX, stats, names, len(pairs))
-    return {"imatrix.data": ",".join(names), "imatrix.prompts": len(pairs), imatrix.PROVENANCE_KEY: imatrix.digest(path)}
+    return {"imatrix.data": ",".join(names), "imatrix.prompts": len(pairs), imatrix.PROVENANCE_KEY: sha256_file(path)}
 
 
 def _trained_data(trained: dict) -> list[Path] | None:
@@ -225,10 +227,14 @@ def _report(root: Path, result, data: list[Path], split: str, sample: int, recip
             "passed": not result.failed}
 
 
+def verdict_names(report: dict, verdict: str) -> list[str]:
+    return [v["name"] for v in report["variants"] if v["verdict"] == verdict]
+
+
 def _verdict_cell(v: dict, n_pairs: int) -> str:
-    if v["verdict"] == "fail":
+    if v["verdict"] == FAIL:
         return "**FAIL**"
-    if v["verdict"] == "inconclusive":
+    if v["verdict"] == INCONCLUSIVE:
         need = v["pairs_to_decide"]
         if need is None or need > 100 * n_pairs:  # a point estimate at its budget: no sample size will do
             return "inconclusive (at its budget)"
@@ -255,8 +261,7 @@ def report_markdown(report: dict) -> str:
     prov = report["provenance"]
     order = "in both record orders combined, as `epm-edge match` does by default" if report["orders"] == 2 \
         else "in the A/B record order"
-    inconclusive = [v["name"] for v in report["variants"] if v["verdict"] == "inconclusive"]
-    failed = [v["name"] for v in report["variants"] if v["verdict"] == "fail"]
+    inconclusive, failed = verdict_names(report, INCONCLUSIVE), verdict_names(report, FAIL)
     summary = ("Failed: " + ", ".join(failed) + ".\n" if failed else "No variant failed.\n")
     if inconclusive:
         summary += "Inconclusive on these pairs: " + ", ".join(inconclusive) + ".\n"
