@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 	grep -q 'ldtilecfg %0' $(AMX_MMQ) && ! grep -q 'thread_local bool done' $(AMX_MMQ)
 	# --no-cache-dir: pip would silently reuse a cached wheel built with other flags.
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir ./$(LLAMA_SRC)
-	$(BIN)/pip install -e ".[build,dev,serve]"
+	$(BIN)/pip install -e ".[build,dev,serve,ray]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,6 +20,7 @@ from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
 from epm_edge.model_store import model_identity, sha256_file
 from epm_edge.resolve import feature_stage, open_scorer
 
+RAY_THREADS = 1  # llama.cpp threads per Ray actor unless told: more single-thread actors scored faster (docs/ray.md)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach a model hub at run time
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -82,10 +83,20 @@ def _columns(value: str | None) -> list[str] | None:
 @click.option("--explain", is_flag=True, help="Add a grammar-constrained rationale (JSON) to matched pairs.")
 @click.option("--explain-above", type=PROBABILITY, default=None,
               help="Explain pairs scoring at least this (default: the threshold).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS|auto|local]",
+              help="Score on a Ray cluster ([ray] extra): HOST:PORT of its head, auto (the one this host joined) or "
+                   "local (a new one on this host, the default value).")
+@click.option("--actors", type=click.IntRange(min=1), default=None,
+              help="With --ray: model copies scoring at once (default: the cluster's CPUs / --threads-per-actor).")
+@click.option("--threads-per-actor", type=click.IntRange(min=1), default=None,
+              help=f"With --ray: llama.cpp threads of each actor [default: {RAY_THREADS}].")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="N model copies on this host: --ray local --actors N, the cores shared out between them.")
 @force_option
-def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
-          top_k, threshold,
-          id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment, explain, explain_above, force):
+@click.pass_context
+def match(ctx, catalog_a, catalog_b, out_path, model_path, quant, backend, threads, batch_size, both_orders,
+          cascade_mode, top_k, threshold, id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment,
+          explain, explain_above, ray_address, actors, threads_per_actor, workers, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
     from epm_edge.console import err, progress_bar
     from epm_edge.data import read_catalog
@@ -100,6 +111,7 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
         for catalog in (catalog_a, catalog_b):
             if out_path.resolve() == catalog.resolve():
                 raise click.UsageError(f"-o {out_path} is an input catalog: choose another result file")
+    ray = _ray_settings(ray_address, actors, threads_per_actor, workers, threads, ctx.find_root().params["verbose"])
     a = read_catalog(catalog_a, id_col=id_col_a, columns=_columns(columns_a))
     b = read_catalog(catalog_b, id_col=id_col_b, columns=_columns(columns_b))
     err.print(f"[bold]A[/] {a.path} ({len(a)} records)   [bold]B[/] {b.path} ({len(b)} records)")
@@ -121,7 +133,7 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
     path, scorer = open_scorer(model_path, backend, threads, batch_size, quant, both_orders)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
-    stored = cascade.settings.threshold if cascade else scorer.threshold
+    stored = cascade.cut(scorer.threshold) if cascade else scorer.threshold
     thr = threshold if threshold is not None else (stored if stored is not None else 0.5)
     if cascade is None and both_orders and threshold is None and scorer.threshold is not None \
             and not has_both_orders_cut(scorer.metadata):
@@ -130,6 +142,11 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
               + (f"; cascade: {cascade.path}" if cascade else ""))
+    if ray:
+        from epm_edge.match.on_ray import connect
+
+        ray.actors = connect(ray)
+        err.print(f"Ray: {ray.address}, {ray.actors} actor(s) x {ray.threads} thread(s)")
     target = out_path or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     # everything that decides the rows: a resumed run with any of it changed would mix two runs
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
@@ -152,7 +169,7 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
         summary = run_match(a, b, cands, scorer, target, settings, thr, batch_size=batch_size,
                             record_tokens=record_tokens, explain=explain, explain_above=explain_above,
                             assignment=assignment, force=force or out_path is None, cascade=cascade,
-                            on_start=lambda done: bar.update(task, completed=done), on_batch=advance)
+                            on_start=lambda done: bar.update(task, completed=done), on_batch=advance, ray=ray)
     scorer.close()
     rate = summary.scored / summary.seconds if summary.seconds else 0.0
     err.print(f"scored {summary.scored} pairs in {summary.seconds:.1f}s ({rate:.1f} pairs/s"
@@ -164,6 +181,24 @@ def match(catalog_a, catalog_b, out_path, model_path, quant, backend, threads, b
     else:
         err.print(match_table(summary.rows, a, b))
         err.print(f"results: {out_path}")
+
+
+def _ray_settings(address, actors, threads_per_actor, workers, threads, verbose):
+    """match's Ray options as RaySettings, or None for a single-process run."""
+    from epm_edge.match.on_ray import RaySettings
+
+    if workers is not None:
+        if address not in (None, "local") or actors is not None:
+            raise click.UsageError("--workers N runs N actors on this host: it is --ray local --actors N")
+        address, actors = "local", workers
+        threads_per_actor = threads_per_actor or max(1, (os.cpu_count() or 1) // workers)
+    if address is None:
+        if actors is not None or threads_per_actor is not None:
+            raise click.UsageError("--actors and --threads-per-actor go with --ray or --workers")
+        return None
+    if threads is not None:
+        raise click.UsageError("with --ray or --workers, threads are per actor: pass --threads-per-actor")
+    return RaySettings(address, actors, threads_per_actor or RAY_THREADS, verbose)
 
 
 @main.command("eval")

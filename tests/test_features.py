@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from epm_edge.errors import ModelError
-from epm_edge.features.cascade import (Cascade, CascadeSettings, fuse, load_cascade, logit, routing_cuts,
+from epm_edge.features.cascade import (LLM_OWN, Cascade, CascadeSettings, fuse, load_cascade, logit, routing_cuts,
                                        save_cascade)
 from epm_edge.features.matcher import load_matcher, train_matcher
 from epm_edge.features.pairs import NAMES, SWAP, PairFeaturizer
@@ -221,6 +221,7 @@ def test_match_cascade_routes_by_its_cuts_and_fuses_the_llm_score(tmp_path):
     for lo in range(0, len(routed), 8):
         part = routed[lo:lo + 8]
         llm.update(zip(part, scorer.score([(sa[x], sb[y]) for x, y in part])))
+    cut = cascade.cut(scorer.threshold)
     scorer.close()
     for k, p in zip(keys, p_feat):
         score = float(on[k]["score"])
@@ -229,9 +230,11 @@ def test_match_cascade_routes_by_its_cuts_and_fuses_the_llm_score(tmp_path):
             assert score == pytest.approx(float(cascade.fuse(p, llm[k])), abs=1e-4)
         else:
             assert on[k]["stage"] == "features" and score == pytest.approx(p, abs=2e-6)
-        assert on[k]["match"] == str(int(score >= cascade.settings.threshold))
+        assert on[k]["match"] == str(int(score >= cut))
     off, _ = _match(tmp_path / "off.csv", "--cascade", "off")
     assert off.keys() == on.keys() and {r["stage"] for r in off.values()} == {"llm"}
+    if cascade.settings.coef == LLM_OWN:  # the LLM's own score between the cuts: decided as LLM-only decides
+        assert all(on[k]["match"] == off[k]["match"] for k in llm)
 
 
 @pytest.mark.slow
@@ -239,6 +242,8 @@ def test_eval_cascade_modes(data_dir):
     from click.testing import CliRunner
 
     from epm_edge.cli import main
+    from epm_edge.model_settings import BOTH_ORDERS, adapter_file_cuts
+    from epm_edge.resolve import default_quant
 
     def run(*extra):
         r = CliRunner().invoke(main, ["eval", "--data", str(data_dir / "walmart_amazon"), "--limit", "24", "--json",
@@ -251,7 +256,10 @@ def test_eval_cascade_modes(data_dir):
     cascade = run()
     assert 0 < cascade["llm_share"] < 1 and cascade["backend"] == "llamacpp+features"
     assert cascade["scorings"] == round(cascade["llm_share"] * 24) * cascade["orders"]
-    assert cascade["threshold"] == pytest.approx(load_cascade(SHIPPED_FEATURES).settings.threshold)
+    # the LLM's own score between the cuts keeps the LLM's own both-orders cut for the GGUF type run
+    sidecar = json.loads((SHIPPED_FEATURES.parent / "epm_edge.json").read_text())
+    llm_cut = adapter_file_cuts(sidecar, default_quant())[BOTH_ORDERS]
+    assert cascade["threshold"] == pytest.approx(load_cascade(SHIPPED_FEATURES).cut(llm_cut))
 
 
 def test_a_broken_feature_stage_is_one_line_and_exit_2(tmp_path):

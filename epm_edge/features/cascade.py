@@ -36,6 +36,9 @@ ORDERS_TOLERANCE = 0.005
 SET_TOLERANCE = 0.005
 
 
+LLM_OWN = (0.0, 1.0, 0.0)  # fusion coefficients that keep the LLM's score as it is
+
+
 def logit(p) -> np.ndarray:
     p = np.clip(np.asarray(p, dtype=np.float64), _EPS, 1 - _EPS)
     return np.log(p) - np.log1p(-p)
@@ -90,6 +93,15 @@ class Cascade:
 
     def fuse(self, p_feat: np.ndarray, p_llm: np.ndarray) -> np.ndarray:
         return fuse(self.settings.coef, p_feat, p_llm)
+
+    def cut(self, llm_cut: float | None) -> float:
+        """The cut on the cascade's scores. Where the LLM's own score is kept between the routing cuts,
+        it is the running LLM's own stored cut (each GGUF type has its own), so the cascade decides
+        those pairs as `--cascade off` does; a fused score keeps the cut fitted with the fusion."""
+        s = self.settings
+        if s.coef == LLM_OWN and llm_cut is not None:
+            return float(np.clip(llm_cut, s.low, s.high))
+        return s.threshold
 
 
 def cascade_dir(model_path: Path) -> Path | None:
@@ -170,7 +182,7 @@ def fit_cascade(p_feat: np.ndarray, ab: np.ndarray, ba: np.ndarray, labels: np.n
     candidates = []
     for orders, p_llm in ((1, np.asarray(ab, dtype=np.float64)), (2, both)):
         for fused in (True, False):
-            coef = _fit_fusion(p_feat[band], p_llm[band], labels[band]) if fused else (0.0, 1.0, 0.0)
+            coef = _fit_fusion(p_feat[band], p_llm[band], labels[band]) if fused else LLM_OWN
             scores = np.asarray(p_feat, dtype=np.float64).copy()
             scores[band] = fuse(coef, p_feat[band], p_llm[band])
             f1 = _set_f1(labels, scores, sets)

@@ -2,13 +2,16 @@
 
 Each A record gets at most `top_k` B candidates: first those sharing an exact product code
 (model number, MPN, GTIN-like token after normalisation), then the most similar by TF-IDF
-cosine over word and character n-grams. B is vectorised once; A is processed in chunks so memory
-stays at chunk x |B| floats.
+cosine over word and character n-grams. B is vectorised once; A is processed in chunks of rows sized
+from a memory budget, so the dense chunk x |B| similarity stays within the budget however large B is.
+Each chunk is independent of the others: `block` takes the function that maps chunks to their
+candidates (in this process by default; `ray_blocking.py` runs them as Ray tasks).
 """
 
 from __future__ import annotations
 
 import re
+from array import array
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -19,6 +22,13 @@ from epm_edge.errors import InputError
 
 _TOKEN = re.compile(r"[a-z0-9][a-z0-9\-/\.]*[a-z0-9]|[a-z0-9]", re.I)
 _SKIP_COLUMNS = {"price", "pricecurrency"}
+
+DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes for one chunk's similarity and its temporaries
+MAX_CHUNK_ROWS = 512  # larger chunks save little: nearly all the work is per (A row, B record) cell
+# What `BlockingIndex.top` holds per (A row, B record) cell at its peak: the float32 similarity, its
+# negation and argpartition's int64 indices (4 + 4 + 8). Before that the sparse char product (float32
+# value + int32 index per stored cell) sits beside the dense word and char similarities: 16 again.
+BYTES_PER_CELL = 16
 
 
 @dataclass
@@ -100,23 +110,40 @@ class BlockingIndex:
         return out
 
 
-def block(a: Catalog, b: Catalog, top_k: int = 20, chunk: int = 512, max_code_df: int = 20,
-          progress=None) -> Candidates:
-    """Top-k candidates per A record. `max_code_df`: codes shared by more B records are ignored."""
+def chunk_rows(n_b: int, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> int:
+    """A rows per chunk so one chunk against `n_b` B records stays within `memory_budget` bytes."""
+    return max(1, min(MAX_CHUNK_ROWS, memory_budget // (BYTES_PER_CELL * max(n_b, 1))))
+
+
+def map_in_process(index: BlockingIndex, chunks, top_k: int):
+    """`index.top` of each chunk of A texts, in order, one chunk at a time."""
+    return (index.top(texts, top_k) for texts in chunks)
+
+
+def block(a: Catalog, b: Catalog, top_k: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET,
+          max_code_df: int = 20, progress=None, map_chunks=map_in_process) -> Candidates:
+    """Top-k candidates per A record. `max_code_df`: codes shared by more B records are ignored.
+
+    `map_chunks(index, chunks, top_k)` yields `index.top(chunk, top_k)` for each chunk of A texts, in
+    order; the chunks are a lazy iterator, so a mapper that keeps a few in flight holds only those.
+    """
     a_text = [record_text(r) for r in a.records.values()]
     index = BlockingIndex(b, a_text + [record_text(r) for r in b.records.values()], a.path, max_code_df)
-    a_ids, b_ids, out_scores = [], [], []
-    a_names = a.ids
-    for start in range(0, len(a_text), chunk):
-        block_text = a_text[start:start + chunk]
-        for row, ranked in enumerate(index.top(block_text, top_k)):
+    rows = chunk_rows(len(b), memory_budget)
+    chunks = (a_text[start:start + rows] for start in range(0, len(a_text), rows))
+    a_ids, b_ids = [], []
+    scores = array("f")  # 4 bytes a candidate instead of a Python float's 32: the output is |A| x top_k long
+    a_names = iter(a.ids)
+    for ranked_rows in map_chunks(index, chunks, top_k):
+        for ranked in ranked_rows:
+            a_id = next(a_names)
             for b_id, score in ranked:
-                a_ids.append(a_names[start + row])
+                a_ids.append(a_id)
                 b_ids.append(b_id)
-                out_scores.append(score)
+                scores.append(score)
         if progress:
-            progress(len(block_text))
-    return Candidates(a_ids, b_ids, np.array(out_scores, dtype=np.float32))
+            progress(len(ranked_rows))
+    return Candidates(a_ids, b_ids, np.array(scores, dtype=np.float32))
 
 
 def candidates(a: Catalog, b: Catalog, top_k: int = 20, all_pairs_max: int = 400, progress=None) -> Candidates:

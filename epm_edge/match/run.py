@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +19,10 @@ from epm_edge.errors import InputError
 from epm_edge.match.assign import one_to_one
 from epm_edge.match.blocking import Candidates
 from epm_edge.match.output import ResultWriter, read_results, rewrite_results
+from epm_edge.match.scoring import PairScoring
+
+if TYPE_CHECKING:
+    from epm_edge.match.on_ray import RaySettings
 
 
 @dataclass
@@ -75,12 +80,11 @@ def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, sett
               threshold: float, batch_size: int = 64, record_tokens: int = 64,
               explain: bool = False, explain_above: float | None = None,
               assignment: str | None = None, force: bool = False, cascade=None,
-              on_start=None, on_batch=None) -> MatchSummary:
+              on_start=None, on_batch=None, ray: "RaySettings | None" = None) -> MatchSummary:
     """Score candidates into `out`, resuming if `out` holds an earlier run with the same settings.
 
-    With a `cascade` (features/cascade.py) each chunk of candidates gets pair features first; the
-    pairs the feature matcher is sure of are written at once (stage `features`), the rest are
-    scored by the LLM and fused (stage `llm`). `on_start(n_already_done)` is called once,
+    Pairs are scored as match/scoring.py says, in this process or, with `ray`, by a pool of Ray
+    actors whose rows stream back into the same file. `on_start(n_already_done)` is called once,
     `on_batch(n_pairs, n_sent_to_llm)` after each batch written.
     """
     writer = ResultWriter(out, settings, explain=explain, force=force, stage=True)
@@ -88,52 +92,25 @@ def run_match(a: Catalog, b: Catalog, cands: Candidates, scorer, out: Path, sett
     resumed = len(cands) - len(todo)
     if on_start:
         on_start(resumed)
-    sa, sb = serialized(a, record_tokens), serialized(b, record_tokens)
-    explain_cut = threshold if explain_above is None else explain_above
     featurizer = None
     if cascade is not None:
         from epm_edge.features.pairs import PairFeaturizer
 
         featurizer = PairFeaturizer(a.records, b.records)
+    scoring = PairScoring(scorer, serialized(a, record_tokens), serialized(b, record_tokens), threshold,
+                          batch_size, cascade, featurizer, explain, explain_above)
+    if ray is not None:
+        from epm_edge.match.on_ray import RayScoring
+
+        scoring = RayScoring(scoring, ray)
     start, to_llm = time.perf_counter(), 0
-
-    def write(idx: list[int], scores, stage: str | None) -> None:
-        rows = [{"a_id": cands.a_ids[i], "b_id": cands.b_ids[i], "score": float(s),
-                 "match": bool(s >= threshold), "stage": stage} for i, s in zip(idx, scores)]
-        if explain:
-            want = [n for n, r in enumerate(rows) if r["score"] >= explain_cut]
-            pairs = [(sa[cands.a_ids[idx[n]]], sb[cands.b_ids[idx[n]]]) for n in want]
-            for n, answer in zip(want, scorer.explain(pairs, [rows[n]["match"] for n in want])):
-                rows[n]["explanation"] = answer.to_json()
-        writer.write(rows)
-
     with _interrupt_between_batches() as interrupted:
         try:
-            # with a cascade, features go a chunk at a time and only the unsure pairs fill LLM batches
-            chunk = batch_size * 32 if featurizer else batch_size
-            for lo in range(0, len(todo), chunk):
-                idx = todo[lo:lo + chunk]
-                llm_idx = idx
-                if featurizer:
-                    p_feat = cascade.matcher.predict(featurizer.features([cands.a_ids[i] for i in idx],
-                                                                         [cands.b_ids[i] for i in idx]))
-                    unsure = cascade.to_llm(p_feat)
-                    settled = [i for i, u in zip(idx, unsure) if not u]
-                    write(settled, p_feat[~unsure], "features")
-                    if on_batch:
-                        on_batch(len(settled), 0)
-                    llm_idx, p_feat = [i for i, u in zip(idx, unsure) if u], p_feat[unsure]
-                for blo in range(0, len(llm_idx), batch_size):
-                    part = llm_idx[blo:blo + batch_size]
-                    scores = scorer.score([(sa[cands.a_ids[i]], sb[cands.b_ids[i]]) for i in part])
-                    if featurizer:
-                        scores = cascade.fuse(p_feat[blo:blo + len(part)], scores)
-                    write(part, scores, "llm")
-                    to_llm += len(part)
-                    if on_batch:
-                        on_batch(len(part), len(part))
-                    if interrupted:
-                        raise KeyboardInterrupt
+            for rows, n_llm in scoring.batches([cands.a_ids[i] for i in todo], [cands.b_ids[i] for i in todo]):
+                writer.write(rows)
+                to_llm += n_llm
+                if on_batch:
+                    on_batch(len(rows), n_llm)
                 if interrupted:
                     raise KeyboardInterrupt
         finally:

@@ -99,7 +99,7 @@ def serve(model_path, quant, backend, threads, both_orders, cascade_mode, catalo
                   "every pair[/]")
         stage = None
     path, scorer = open_scorer(model_path, backend, threads, max_batch, quant, both_orders)
-    stored = stage.settings.threshold if stage is not None else scorer.threshold
+    stored = stage.cut(scorer.threshold) if stage is not None else scorer.threshold
     thr = threshold if threshold is not None else stored if stored is not None else 0.5
     engine = Engine(scorer, thr, record_tokens, stage, records, top_k)
     engine.score([WARM_UP], [False])  # a model that cannot score fails here, before the port opens
