@@ -201,3 +201,17 @@ def test_one_order_cut_stands_in_with_a_warning(tmp_path, base_gguf):
     assert warning not in out and "threshold 0.400" in out
     out = stderr(base_gguf)
     assert warning not in out and "threshold 0.500" in out
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--actors", "2"], "--actors and --threads-per-actor go with --ray or --workers"),
+    (["--ray", "--threads", "2"], "threads are per actor"),
+    (["--workers", "2", "--ray", "head:6379"], "--workers N runs N actors on this host"),
+])
+def test_ray_options_that_do_not_fit_together_are_usage_errors(extra, says):
+    from click.testing import CliRunner
+
+    from epm_edge.cli import main
+
+    r = CliRunner().invoke(main, ["match", str(EXAMPLES / "retailer.csv"), str(EXAMPLES / "marketplace.csv"), *extra])
+    assert r.exit_code == 2 and says in r.output
