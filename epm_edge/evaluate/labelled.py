@@ -115,8 +115,8 @@ def evaluate_set(scorer, data_dir: Path, split: str, *, limit: int | None = None
         tuning = (tune.labels, scores)
         start += time.perf_counter() - tuning_start  # scoring the tuning split is not the split's time
     elif threshold is None:
-        stored = cascade.cut(stored_threshold(scorer, both_orders)) if cascade \
-            else matcher.info.get("threshold") if matcher else stored_threshold(scorer, both_orders)
+        llm_cut = stored_threshold(scorer, both_orders) if scorer is not None else None
+        stored = cascade.cut(llm_cut) if cascade else matcher.info.get("threshold") if matcher else llm_cut
         threshold = stored if stored is not None else 0.5
     pairs = ps.split(split).head(limit, skip)
     scores, scored, to_llm = score(pairs, split, skip)
