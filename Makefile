@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 	# --no-cache-dir: pip would silently reuse a cached wheel built with other flags.
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install --no-cache-dir ./$(LLAMA_SRC)
 	$(BIN)/pip install -e ".[build,dev,serve,ray]"
+	# llama.cpp's GGUF converters (convert_hf_to_gguf, convert_lora_to_gguf) and the gguf-py they are written
+	# against, from the same source as the runtime (no second build; their other needs are in [build]).
+	$(BIN)/pip install --no-deps ./$(LLAMA_SRC)/vendor/llama.cpp/gguf-py ./$(LLAMA_SRC)/vendor/llama.cpp
 	touch $(STAMP)
 
 install: $(STAMP)

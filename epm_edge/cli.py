@@ -13,8 +13,8 @@ import click
 
 from epm_edge import __version__
 from epm_edge.cli_options import (PROBABILITY, backend_option, batch_option, both_orders_option, cascade_option,
-                                  data_option, force_option, limit_option, model_option, out_option, quant_option,
-                                  record_tokens_option, threads_option, threshold_option)
+                                  data_option, force_option, limit_option, lora_options, model_option, out_option,
+                                  quant_option, record_tokens_option, threads_option, threshold_option)
 from epm_edge.errors import EpmError
 from epm_edge.model_settings import has_both_orders_cut, with_adapter_cut
 from epm_edge.model_store import model_identity, sha256_file
@@ -62,6 +62,7 @@ def _columns(value: str | None) -> list[str] | None:
 @click.argument("catalog_b", type=click.Path(path_type=Path))
 @out_option("Result file (.csv or .jsonl); resumable. Default: CSV on stdout.", default=None)
 @model_option()
+@lora_options
 @quant_option
 @backend_option
 @threads_option()
@@ -94,7 +95,7 @@ def _columns(value: str | None) -> list[str] | None:
               help="N model copies on this host: --ray local --actors N, the cores shared out between them.")
 @force_option
 @click.pass_context
-def match(ctx, catalog_a, catalog_b, out_path, model_path, quant, backend, threads, batch_size, both_orders,
+def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, quant, backend, threads, batch_size, both_orders,
           cascade_mode, top_k, threshold, id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment,
           explain, explain_above, ray_address, actors, threads_per_actor, workers, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
@@ -130,7 +131,7 @@ def match(ctx, catalog_a, catalog_b, out_path, model_path, quant, backend, threa
     cascade, both_orders = feature_stage(cascade_mode, model_path, both_orders)
     if cascade is not None and not hasattr(cascade, "settings"):
         raise click.UsageError("--cascade features-only is for eval: match needs a cascade dir, auto or off")
-    path, scorer = open_scorer(model_path, backend, threads, batch_size, quant, both_orders)
+    path, scorer = open_scorer(model_path, backend, threads, batch_size, quant, both_orders, lora, lora_scale)
     if explain and not hasattr(scorer, "explain"):
         raise EpmError(f"--explain needs the llamacpp backend (got {scorer.name})")
     stored = cascade.cut(scorer.threshold) if cascade else scorer.threshold
@@ -208,6 +209,7 @@ def _ray_settings(address, actors, threads_per_actor, workers, threads, verbose)
 @click.option("--skip", type=click.IntRange(min=0), default=0, show_default=True,
               help="Start after the first N pairs of --split (e.g. pairs a threshold was tuned on).")
 @model_option()
+@lora_options
 @quant_option
 @backend_option
 @threads_option()
@@ -227,7 +229,7 @@ def _ray_settings(address, actors, threads_per_actor, workers, threads, verbose)
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir: its default "
                    "cut for this GGUF type and way of scoring (both orders, or one with --one-order).")
-def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batch_size, both_orders, cascade_mode,
+def eval_cmd(data, split, limit, skip, model_path, lora, lora_scale, quant, backend, threads, batch_size, both_orders, cascade_mode,
              threshold, tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
@@ -252,9 +254,11 @@ def eval_cmd(data, split, limit, skip, model_path, quant, backend, threads, batc
     if cascade is None and stage is not None:  # the feature matcher alone: no LLM to load
         path, scorer, identity = stage.path, None, None
     else:
-        path, scorer = open_scorer(model_path, backend, threads, batch_size, quant)
+        path, scorer = open_scorer(model_path, backend, threads, batch_size, quant, lora=lora, lora_scale=lora_scale)
         # the stored scores' key; hashing the model costs a read of it, so only when scores are kept
         identity = {"model": model_identity(scorer.path), "backend": scorer.name} if scores_dir else None
+        if identity and lora:
+            identity.update(lora=model_identity(lora), lora_scale=lora_scale)
     name = "features" if scorer is None else scorer.name + ("+features" if cascade else "")
     results, tunings = [], []
     try:

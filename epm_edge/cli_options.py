@@ -86,4 +86,15 @@ cascade_option = click.option("--cascade", "cascade_mode", default="auto", show_
                               help="auto: the model's feature stage settles the pairs it is sure of and is fused with "
                                    "the LLM on the rest (when the model has one); off: the LLM scores every pair; DIR: "
                                    "a features dir (matcher.txt, cascade.json).")
+
+
+def lora_options(f):
+    """--lora/--lora-scale: a GGUF LoRA that llama.cpp applies to the --model base as it loads."""
+    f = click.option("--lora-scale", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+                     help="Strength of the --lora adapter (1: as trained).")(f)
+    return click.option("--lora", "lora", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                        help="A GGUF LoRA (`epm-edge export --lora-gguf`: gguf/adapter-lora.gguf) applied at load "
+                             "time to the --model base (gguf/base-TYPE.gguf): one base serves several adapters.")(f)
+
+
 force_option = click.option("--force", is_flag=True, help="Start over: replace what an earlier run wrote to --out.")

@@ -97,6 +97,18 @@ def host_load() -> str:
             "otherwise (docs/threads.md)")
 
 
+def converter_status() -> str:
+    """The GGUF converter `export` uses (llama.cpp's own), or why there is none."""
+    from epm_edge.errors import EpmError
+
+    try:
+        from epm_edge.export.gguf_convert import converter_info
+
+        return converter_info()
+    except (EpmError, ImportError) as e:  # ImportError: torch, without the build extra
+        return f"not available: {e}"
+
+
 def report() -> Table:
     model, flags = cpu_info()
     table = Table(title="epm-edge doctor", show_header=False)
@@ -110,5 +122,6 @@ def report() -> Table:
         table.add_row(pkg, version(pkg))
     table.add_row("llama.cpp", llama_system_info())
     table.add_row("llama.cpp weights", weight_layout(flags))
+    table.add_row("GGUF converter", converter_status())
     table.add_row("default model", model_status())
     return table

@@ -4,7 +4,9 @@ Two kinds of holder:
 - a model file (GGUF metadata `epm.*`, an ONNX or HF dir's sidecar): its own one-order cut and its
   cut for both record orders;
 - a trained adapter dir's sidecar: a cut per GGUF type it runs as, for each way of scoring, and
-  what the latest one-order cut was tuned on.
+  what the latest one-order cut was tuned on;
+- a GGUF LoRA applied at run time: a model file's keys for each type of base it was verified on
+  (`base.<TYPE>.threshold`), since one adapter may serve on several bases.
 Cuts belong to the weights they were tuned on: whatever derives new weights drops them all.
 """
 
@@ -55,6 +57,22 @@ def with_adapter_cut(sidecar: dict, quant: str, cut: float, both_orders: bool, t
     if not both_orders:
         stored.update({ONE_ORDER: cut, TUNED_ON: tuned_on})
     return {**sidecar, **stored}
+
+
+def lora_keys(base_type: str, keys: dict) -> dict:
+    """`keys` (a model file's cuts and verification scores) as a GGUF LoRA stores them for bases of type `base_type`."""
+    return {f"base.{base_type}.{k}": v for k, v in keys.items()}
+
+
+def lora_metadata(base: dict, adapter: dict, base_type: str) -> dict:
+    """A base model file's keys with a GGUF LoRA applied: the base's provenance (its own cuts and
+    verification scores do not hold for base + adapter), the adapter's, and what the adapter stores for
+    bases of type `base_type`."""
+    prefix = f"base.{base_type}."
+    own_base = {k: v for k, v in without_cuts(base).items() if not k.startswith("verify.")}
+    own_adapter = {k: v for k, v in adapter.items() if not k.startswith("base.")}
+    for_type = {k[len(prefix):]: v for k, v in adapter.items() if k.startswith(prefix)}
+    return {**own_base, **own_adapter, **for_type}
 
 
 def without_cuts(sidecar: dict) -> dict:

@@ -33,17 +33,11 @@ INSTRUCTION = (
     "Answer Yes or No, then list the evidence as `attribute: value A | value B | same|different|missing`."
 )
 
-# ChatML, the chat format of the SmolLM2 family that epm-edge ships.
-PREFIX = (
-    f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
-    f"<|im_start|>user\n{INSTRUCTION}\n"
-)
 # The pair suffix is A's part then B's part: pairs that share an A record share its tokens too.
 _HEAD = "A: {a}\n"
 _RECORD_B = "B: {b}"
-_ANSWER_START = "<|im_end|>\n<|im_start|>assistant\n"
-_TAIL = _RECORD_B + _ANSWER_START
-END_OF_TURN = "<|im_end|>"
+# Stand-ins rendered through a chat template to find where the pair and the answer go.
+_PAIR_SLOT, _ANSWER_SLOT = "\u27e6pair\u27e7", "\u27e6answer\u27e7"
 
 
 def pair_head(a: str) -> str:
@@ -51,38 +45,93 @@ def pair_head(a: str) -> str:
     return _HEAD.format(a=a)
 
 
-def pair_tail(b: str) -> str:
-    """The rest of a pair suffix: record B and the start of the answer."""
-    return _TAIL.format(b=b)
+@dataclass(frozen=True)
+class ChatFormat:
+    """The prompt as a model's chat template frames it: the shared prefix (template opening, system
+    text, instruction), the pair, then `answer_start` (closing the user turn, opening the answer)."""
+
+    prefix: str
+    answer_start: str
+    end_of_turn: str  # ends an answer
+
+    def pair_tail(self, b: str) -> str:
+        """The rest of a pair suffix: record B and the start of the answer."""
+        return _RECORD_B.format(b=b) + self.answer_start
+
+    def pair_suffix(self, a: str, b: str) -> str:
+        """The per-pair part of the prompt; `a` and `b` are serialized records."""
+        return pair_head(a) + self.pair_tail(b)
+
+    def pair_segments(self, a: str, b: str) -> list[tuple[str, bool]]:
+        """The pair suffix as (text, is_template) pieces, for tokenizers: record text is data.
+
+        A CSV value or column name holding `<|im_end|>`, `<file_sep>` or any other special token of
+        the vocabulary must not become that control token (it can end the turn and write the
+        answer), so runtimes parse special tokens in the template pieces only. The data piece runs up
+        to the first template marker, where whole-string special parsing splits the text too, so
+        ordinary records get exactly the ids that tokenizing `pair_suffix` gives.
+        """
+        return [(pair_head(a) + _RECORD_B.format(b=b), False), (self.answer_start, True)]
+
+    def full_prompt(self, a: str, b: str) -> str:
+        return self.prefix + self.pair_suffix(a, b)
+
+    def prompt_segments(self, text: str) -> list[tuple[str, bool]]:
+        """A `full_prompt` string back as (text, is_template) pieces: trainers receive prompts as
+        strings and must tokenize them as the runtimes do (`pair_segments`)."""
+        if not (text.startswith(self.prefix) and text.endswith(self.answer_start)):
+            raise ValueError("not a prompt of this schema: it must start with the prefix and end at the answer start")
+        return [(self.prefix, True), (text[len(self.prefix):-len(self.answer_start)], False),
+                (self.answer_start, True)]
 
 
-def pair_suffix(a: str, b: str) -> str:
-    """The per-pair part of the prompt; `a` and `b` are serialized records."""
-    return pair_head(a) + pair_tail(b)
+# ChatML, the chat format of the SmolLM2 family that epm-edge ships, and what a model without a
+# chat template gets.
+CHATML = ChatFormat(prefix=f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{INSTRUCTION}\n",
+                    answer_start="<|im_end|>\n<|im_start|>assistant\n", end_of_turn="<|im_end|>")
+# The shipped model's format, for training and tools that work with it.
+PREFIX, END_OF_TURN = CHATML.prefix, CHATML.end_of_turn
+pair_tail, pair_suffix, pair_segments = CHATML.pair_tail, CHATML.pair_suffix, CHATML.pair_segments
+full_prompt, prompt_segments = CHATML.full_prompt, CHATML.prompt_segments
 
 
-def pair_segments(a: str, b: str) -> list[tuple[str, bool]]:
-    """The pair suffix as (text, is_template) pieces, for tokenizers: record text is data.
+def chat_format(template: str | None, bos_token: str = "", eos_token: str = "", model: object = "the model") -> ChatFormat:
+    """The ChatFormat a Jinja chat template (a GGUF's `tokenizer.chat_template`, a tokenizer's
+    `chat_template`) gives the prompt: rendered as transformers renders it, with the system text as a
+    system turn, or at the head of the user turn where the template has no system role. No template:
+    ChatML. A template that does not place the user text and the answer is a ModelError naming `model`."""
+    if not template:
+        return CHATML
+    import jinja2
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    A CSV value or column name holding `<|im_end|>`, `<file_sep>` or any other special token of the
-    vocabulary must not become that control token (it can end the turn and write the answer), so
-    runtimes parse special tokens in the template pieces only. The data piece runs up to the first
-    template marker, where whole-string special parsing splits the text too, so ordinary records
-    get exactly the ids that tokenizing `pair_suffix` gives.
-    """
-    return [(pair_head(a) + _RECORD_B.format(b=b), False), (_ANSWER_START, True)]
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
 
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
 
-def full_prompt(a: str, b: str) -> str:
-    return PREFIX + pair_suffix(a, b)
+    def render(messages, generation):
+        return env.from_string(template).render(messages=messages, add_generation_prompt=generation,
+                                                bos_token=bos_token, eos_token=eos_token)
 
-
-def prompt_segments(text: str) -> list[tuple[str, bool]]:
-    """A `full_prompt` string back as (text, is_template) pieces: trainers receive prompts as strings
-    and must tokenize them as the runtimes do (`pair_segments`)."""
-    if not (text.startswith(PREFIX) and text.endswith(_ANSWER_START)):
-        raise ValueError("not a prompt of this schema: it must start with PREFIX and end at the answer start")
-    return [(PREFIX, True), (text[len(PREFIX):-len(_ANSWER_START)], False), (_ANSWER_START, True)]
+    user = f"{INSTRUCTION}\n{_PAIR_SLOT}"
+    answer = {"role": "assistant", "content": _ANSWER_SLOT}
+    try:
+        try:
+            messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
+            opening = render(messages, True)
+        except jinja2.TemplateError:  # no system role (Gemma 2, Mistral): the system text leads the user turn
+            messages = [{"role": "user", "content": f"{SYSTEM}\n\n{user}"}]
+            opening = render(messages, True)
+        closing = render(messages + [answer], False)
+    except jinja2.TemplateError as e:
+        raise ModelError(f"{model}: its chat template does not render: {e}") from None
+    prefix, found, answer_start = opening.partition(_PAIR_SLOT)
+    after_answer = closing.partition(_ANSWER_SLOT)[2]
+    if not found or not answer_start or not after_answer.strip():
+        raise ModelError(f"{model}: its chat template does not frame a user turn and an answer")
+    return ChatFormat(prefix, answer_start, after_answer.strip().split()[0])
 
 
 def match_probability(logit_yes: float, logit_no: float, model: object = "the model") -> float:

@@ -52,11 +52,15 @@ def default_model(quant: str | None = None) -> Path:
 
 
 def open_scorer(model: str | Path | None = None, backend: str | None = None, threads: int | None = None,
-                batch_size: int = 32, quant: str | None = None, both_orders: bool = False) -> tuple[Path, Scorer]:
+                batch_size: int = 32, quant: str | None = None, both_orders: bool = False,
+                lora: str | Path | None = None, lora_scale: float = 1.0) -> tuple[Path, Scorer]:
     """(the model file run, its scorer) for `model` (default: default_model()). `quant` applies to
-    trained adapter dirs only, which run on llama.cpp; `both_orders` scores every pair as A/B and B/A."""
+    trained adapter dirs only, which run on llama.cpp; `both_orders` scores every pair as A/B and B/A;
+    `lora`: a GGUF LoRA applied to the .gguf `model` as it loads."""
     if model is not None and not Path(model).exists():
         raise ModelError(f"{model}: model not found")
+    if lora and model is None:
+        raise EpmError("--lora applies to a base model given with --model BASE.gguf")
     if model is not None and not is_adapter(model):
         if quant:
             raise EpmError(f"--quant applies to trained adapter dirs; {model} is not one")
@@ -66,7 +70,8 @@ def open_scorer(model: str | Path | None = None, backend: str | None = None, thr
                        "(`epm-edge export` makes ONNX and transformers variants of it)")
     else:
         path = runnable(model, quant) if model is not None else default_model(quant)
-    scorer = load_scorer(path, backend=backend, threads=threads, batch_size=batch_size)
+    scorer = load_scorer(path, backend=backend, threads=threads, batch_size=batch_size, lora=lora,
+                         lora_scale=lora_scale)
     if both_orders:
         from epm_edge.runtime.orders import BothOrders
 

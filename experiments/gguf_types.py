@@ -33,7 +33,7 @@ from epm_edge.bench.hostinfo import host_facts
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.metrics import best_threshold, compute_metrics, flip_rate
 from epm_edge.evaluate.scoring import score_texts, serialize_pairs
-from epm_edge.export.gguf_convert import write_like
+from epm_edge.export.gguf_metadata import write_like
 from epm_edge.export.quantize import quantize
 from epm_edge.runtime.llamacpp import LlamaCppScorer
 

@@ -23,7 +23,7 @@ from epm_edge.runtime.onnx import OnnxScorer, pair_ids
 
 def padded_batch(s: OnnxScorer, pairs: list[tuple[str, str]]) -> np.ndarray:
     """One run for all `pairs`: suffixes left-padded after the prefix's past, padding masked out."""
-    seqs = [pair_ids(s.tokenizer, a, b) for a, b in pairs]
+    seqs = [pair_ids(s.tokenizer, s.format, a, b) for a, b in pairs]
     start, width = len(s.prefix), max(map(len, seqs))
     ids = np.zeros((len(seqs), width), np.int64)
     mask = np.zeros((len(seqs), start + width), np.int64)

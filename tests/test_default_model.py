@@ -9,7 +9,7 @@ import pytest
 from epm_edge import model_store, resolve
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.scoring import serialize_pairs
-from epm_edge.export.gguf_convert import read_metadata
+from epm_edge.export.gguf_metadata import read_metadata
 from epm_edge.export.merge import adapter_sha256, resolve_base
 from epm_edge.runtime import load_scorer
 from epm_edge.resolve import open_scorer

@@ -91,7 +91,7 @@ def test_scores_dir_survives_a_threshold_stamped_into_the_model(data_dir, base_g
     """`eval --save-threshold` restamps the cached GGUF's metadata; its stored scores stay valid."""
     import shutil
 
-    from epm_edge.export.gguf_convert import set_metadata
+    from epm_edge.export.gguf_metadata import set_metadata
 
     model = shutil.copy(base_gguf, tmp_path / "model.gguf")
     args = ["eval", "--data", str(data_dir / "abt_buy"), "--model", str(model), "--limit", "4",

@@ -271,7 +271,7 @@ def test_importance_matrix_is_the_mean_square_input_of_each_weight(tiny_export, 
     model = AutoModelForCausalLM.from_pretrained(tiny_export / "merged").eval()
     prefix = tok(prompt.PREFIX, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
-        embedded = [model(torch.tensor([prefix + pair_ids(tok, a, b)]), output_hidden_states=True).hidden_states[0][0]
+        embedded = [model(torch.tensor([prefix + pair_ids(tok, prompt.CHATML, a, b)]), output_hidden_states=True).hidden_states[0][0]
                     for a, b in pairs]
         normed = torch.cat([model.model.layers[0].input_layernorm(h) for h in embedded])
     want = (normed.double() ** 2).mean(0).numpy()

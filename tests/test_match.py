@@ -175,7 +175,7 @@ def test_one_order_cut_stands_in_with_a_warning(tmp_path, base_gguf):
     warns and uses it; a model with no cut at all stays silent at 0.5."""
     import shutil
 
-    from epm_edge.export.gguf_convert import set_metadata
+    from epm_edge.export.gguf_metadata import set_metadata
 
     for name in ("retailer.csv", "marketplace.csv"):  # three listings each keep the runs short
         (tmp_path / name).write_text("".join((EXAMPLES / name).read_text().splitlines(keepends=True)[:4]))

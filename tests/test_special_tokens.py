@@ -67,8 +67,8 @@ def test_benign_pairs_keep_their_tokens(scorer, pairs_and_labels, hf_tokenizers)
         assert "".join(text for text, _ in prompt.pair_segments(a, b)) == prompt.pair_suffix(a, b)
         old = scorer.tokenize(prompt.pair_suffix(a, b))
         assert scorer.tokenize(prompt.pair_segments(a, b)) == old
-        assert onnx.pair_ids(fast, a, b) == old
-        assert hf.pair_ids(auto, a, b) == old
+        assert onnx.pair_ids(fast, prompt.CHATML, a, b) == old
+        assert hf.pair_ids(auto, prompt.CHATML, a, b) == old
 
 
 def test_special_token_text_in_records_stays_data(scorer, special_ids, pairs_and_labels, hf_tokenizers):
@@ -81,7 +81,7 @@ def test_special_token_text_in_records_stays_data(scorer, special_ids, pairs_and
         data_ids = scorer.tokenize(prompt.pair_segments(a, b)[0][0], special=False)
         assert not set(data_ids) & special_ids.keys(), (a, b)
         assert ids == data_ids + answer_start  # the template's markers alone are control tokens
-        assert onnx.pair_ids(fast, a, b) == ids and hf.pair_ids(auto, a, b) == ids
+        assert onnx.pair_ids(fast, prompt.CHATML, a, b) == ids and hf.pair_ids(auto, prompt.CHATML, a, b) == ids
         # score()'s shared-record split still finds record A's tokens at the start of the suffix
         head = scorer.tokenize(prompt.pair_head(a), special=False)
         assert ids[:len(head)] == head

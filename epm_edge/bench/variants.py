@@ -12,6 +12,7 @@ from pathlib import Path
 
 from epm_edge.errors import EpmError, ModelError
 from epm_edge.export.imatrix import FILE_NAME as IMATRIX, PROVENANCE_KEY
+from epm_edge.export.pipeline import LORA_BASE_PREFIX, LORA_FILE
 
 
 @dataclass
@@ -86,7 +87,12 @@ def discover(model: str | Path) -> list[Variant]:
                       Variant("bnb-nf4", "transformers", str(merged), {"bnb": "nf4"})]
         onnx_dirs = [d for d in (root / "onnx").glob("*") if d.is_dir() and any(d.glob("*.onnx"))]
         found += [Variant(f"onnx-{d.name}", "onnx", str(d)) for d in sorted(onnx_dirs, key=lambda d: -disk_size(d))]
-        found += _gguf_variants([f for f in (root / "gguf").glob("*.gguf") if f.name != IMATRIX])
+        gguf_files = [f for f in (root / "gguf").glob("*.gguf") if f.name not in (IMATRIX, LORA_FILE)]
+        found += _gguf_variants([f for f in gguf_files if not f.name.startswith(LORA_BASE_PREFIX)])
+        lora = root / "gguf" / LORA_FILE  # runtime LoRA: each base file with the adapter applied as it loads
+        if lora.exists():
+            found += [Variant(f"{v.name}-lora", "llamacpp", v.path, {"lora": str(lora)})
+                      for v in _gguf_variants([f for f in gguf_files if f.name.startswith(LORA_BASE_PREFIX)])]
         if not found:
             raise ModelError(f"{root}: no merged/, onnx/<variant>/ or gguf/*.gguf inside; "
                              "pass the output dir of `epm-edge export`")

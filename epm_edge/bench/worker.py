@@ -68,7 +68,8 @@ def load(variant: dict, threads: int, batch_size: int, sets: dict, record_tokens
         return FeatureStage(load_matcher(variant["path"]), None, sets)
     from epm_edge.runtime import load_scorer
     from epm_edge.runtime.orders import BothOrders
-    scorer = load_scorer(variant["path"], backend=variant["runtime"], threads=threads, batch_size=batch_size)
+    scorer = load_scorer(variant["path"], backend=variant["runtime"], threads=threads, batch_size=batch_size,
+                         lora=variant["options"].get("lora"))
     if cascade:
         from epm_edge.features.cascade import load_cascade
         stage = load_cascade(cascade)

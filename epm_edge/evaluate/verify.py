@@ -39,6 +39,7 @@ class Candidate:
     max_delta_f1: float | None = None  # F1 points; None for the reference
     max_flip_rate: float | None = None
     imatrix: bool = False
+    lora: Path | None = None  # a GGUF LoRA applied to `path` (the base alone) at load time
 
 
 @dataclass
@@ -67,6 +68,7 @@ class VariantResult:
     max_flip_rate: float | None
     verdict: str  # pass | fail | inconclusive ("reference" for the reference)
     pairs_to_decide: int | None  # inconclusive: about how many pairs would decide it
+    lora: str | None = None  # the GGUF LoRA applied at load time to `path` (the base alone)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -102,7 +104,7 @@ def _score(c: Candidate, texts: list[tuple[str, str]], orders: int, threads: int
     from epm_edge.runtime import load_scorer
 
     start = time.perf_counter()
-    scorer = load_scorer(c.path, backend=BACKEND[c.format], threads=threads, batch_size=batch_size)
+    scorer = load_scorer(c.path, backend=BACKEND[c.format], threads=threads, batch_size=batch_size, lora=c.lora)
     load = time.perf_counter() - start
     try:
         with progress_bar() as bar:
@@ -144,8 +146,10 @@ def verify(reference: Candidate, candidates: list[Candidate], texts: list[tuple[
         results.append(VariantResult(c.name, c.format, c.quant, str(c.path), c.imatrix, own, one, m.precision,
                                      m.recall, m.f1, e.delta_f1, e.delta_f1_low, e.delta_f1_high, e.flip_rate,
                                      e.flip_rate_low, e.flip_rate_high,
-                                     float(np.mean(np.abs(scores - ref_scores))), artifact_size(c.path),
-                                     load, rate, c.max_delta_f1, c.max_flip_rate, e.verdict, e.pairs_to_decide))
+                                     float(np.mean(np.abs(scores - ref_scores))),
+                                     artifact_size(c.path) + (artifact_size(c.lora) if c.lora else 0),
+                                     load, rate, c.max_delta_f1, c.max_flip_rate, e.verdict, e.pairs_to_decide,
+                                     str(c.lora) if c.lora else None))
         log(f"{c.name}: F1 {m.f1:.3f} at threshold {own:.4f}, delta {e.delta_f1 * 100:+.2f} pt "
             f"[{e.delta_f1_low * 100:+.2f}, {e.delta_f1_high * 100:+.2f}], flips {e.flip_rate:.1%} "
             f"[{e.flip_rate_low:.1%}, {e.flip_rate_high:.1%}], {rate:.1f} pairs/s: {e.verdict}")

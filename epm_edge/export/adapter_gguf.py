@@ -40,7 +40,7 @@ def cached_gguf(adapter: Path, quant: str) -> Path:
         err.print(f"building {target.name} from {adapter} (once; cached in {target.parent})")
         build_gguf(adapter, target, quant)
     else:  # the key covers the weights only: a threshold stored later (eval --save-threshold) is stamped in
-        from epm_edge.export.gguf_convert import read_metadata, set_metadata
+        from epm_edge.export.gguf_metadata import read_metadata, set_metadata
 
         stamped = read_metadata(target)
         changed = {k: v for k, v in adapter_thresholds(adapter, quant).items()

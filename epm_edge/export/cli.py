@@ -55,10 +55,13 @@ def _finish(report: dict, root: Path, allow_fail: bool) -> None:
 @click.option("--adapter", type=click.Path(path_type=Path), default=None,
               help="PEFT adapter dir to merge (default: the shipped models/epm-smollm2-135m, unless --base is given).")
 @click.option("--no-adapter", is_flag=True, help="Export the base model alone, untrained.")
+@click.option("--lora-gguf", is_flag=True,
+              help="Also write the adapter as a GGUF LoRA (gguf/adapter-lora.gguf) and the base alone at each GGUF "
+                   "type (gguf/base-TYPE.gguf), and verify each base + LoRA applied at load time.")
 @out_option("Export dir to create.", default=Path("epm-export"), show_default=True)
 @force_option
 @with_data_options
-def export_cmd(recipe, base, adapter, no_adapter, out_path, force, data_dirs, split, pairs, threads, allow_fail):
+def export_cmd(recipe, base, adapter, no_adapter, lora_gguf, out_path, force, data_dirs, split, pairs, threads, allow_fail):
     """Merge the adapter, build GGUF and ONNX variants, and verify each keeps its accuracy budget."""
     from epm_edge.export.pipeline import run_export
     from epm_edge.export.recipe import load_recipe
@@ -66,13 +69,15 @@ def export_cmd(recipe, base, adapter, no_adapter, out_path, force, data_dirs, sp
 
     if no_adapter and adapter:
         raise click.UsageError("--adapter and --no-adapter are alternatives: pass one")
+    if no_adapter and lora_gguf:
+        raise click.UsageError("--lora-gguf writes the adapter as a GGUF LoRA: it needs an adapter")
     if not (adapter or no_adapter or base):  # the model every other command runs by default
         adapter = shipped_adapter()
         if adapter is None:
             raise click.UsageError(f"models/{DEFAULT_ADAPTER} not found: pass --adapter, or --no-adapter for the base")
 
     report = run_export(load_recipe(recipe), out_path, base=base, adapter=adapter, data=data_dirs, split=split,
-                        pairs=pairs, force=force, threads=threads)
+                        pairs=pairs, force=force, threads=threads, lora_gguf=lora_gguf)
     _finish(report, out_path, allow_fail)
 
 

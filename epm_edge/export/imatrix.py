@@ -66,14 +66,15 @@ def compute(hf_dir: Path, pairs: list[tuple[str, str]], threads: int | None = No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from epm_edge import prompt
+    from epm_edge.runtime.chat_template import dir_chat_format
     from epm_edge.runtime.hf import pair_ids
 
     if threads:
         torch.set_num_threads(threads)
     tokenizer = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
-    prefix = tokenizer(prompt.PREFIX, add_special_tokens=False)["input_ids"]
+    fmt = dir_chat_format(hf_dir)
+    prefix = tokenizer(fmt.prefix, add_special_tokens=False)["input_ids"]
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
 
@@ -90,7 +91,7 @@ def compute(hf_dir: Path, pairs: list[tuple[str, str]], threads: int | None = No
     try:
         with torch.inference_mode():
             for a, b in pairs:
-                model(input_ids=torch.tensor([prefix + pair_ids(tokenizer, a, b)]), use_cache=False)
+                model(input_ids=torch.tensor([prefix + pair_ids(tokenizer, fmt, a, b)]), use_cache=False)
                 if on_pair:
                     on_pair()
     finally:

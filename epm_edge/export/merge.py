@@ -18,6 +18,7 @@ from epm_edge.errors import ModelError
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+BASE_HF_LAYOUT = 2  # part of the cache key of a dequantized base: bumped when what is saved there changes
 
 
 @dataclass
@@ -77,7 +78,7 @@ def resolve_base(base: str | Path | None) -> BaseModel:
 
 
 def _dequantized(gguf_path: Path, digest: str) -> Path:
-    target = model_store.home() / "base-hf" / digest[:16]
+    target = model_store.home() / "base-hf" / f"{digest[:16]}-{BASE_HF_LAYOUT}"
     if (target / "config.json").exists():
         return target
     import llama_cpp as lc
@@ -123,16 +124,29 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
     import gguf
 
     fields = gguf.GGUFReader(gguf_path).fields
-    pre = fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else "gpt2"
-    if pre not in PRE_TOKENIZERS:
-        raise ModelError(f"{gguf_path}: tokenizer pre-type '{pre}' is not supported (known: "
-                         f"{', '.join(PRE_TOKENIZERS)}); pass the base as a Hugging Face dir")
-    tok = json.loads((hf_dir / "tokenizer.json").read_text())
-    tok["pre_tokenizer"] = PRE_TOKENIZERS[pre]
-    (hf_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
-    add_bos = fields["tokenizer.ggml.add_bos_token"].contents() if "tokenizer.ggml.add_bos_token" in fields else False
+
+    def value(key, default):
+        return fields[key].contents() if key in fields else default
+
     cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
-    cfg["add_bos_token"] = bool(add_bos)
+    cfg["add_bos_token"] = bool(value("tokenizer.ggml.add_bos_token", False))
+    if value("tokenizer.ggml.model", "gpt2") == "gpt2":  # byte-level BPE; sentencepiece vocabs need nothing
+        pre = value("tokenizer.ggml.pre", "gpt2")
+        if pre not in PRE_TOKENIZERS:
+            raise ModelError(f"{gguf_path}: tokenizer pre-type '{pre}' is not supported (known: "
+                             f"{', '.join(PRE_TOKENIZERS)}); pass the base as a Hugging Face dir")
+        tok = json.loads((hf_dir / "tokenizer.json").read_text())
+        tok["pre_tokenizer"] = PRE_TOKENIZERS[pre]
+        # transformers reads it as a sentencepiece-style Llama tokenizer (byte fallback, an empty tokenizer.model
+        # beside it), which llama.cpp's converter would convert as one: back to plain byte-level BPE.
+        tok["model"]["byte_fallback"] = False
+        tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+        if not cfg["add_bos_token"]:  # a GPT2Tokenizer adds what the post-processor says, whatever its config says
+            tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
+                                     "use_regex": True}
+        (hf_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
+        cfg["tokenizer_class"] = "GPT2Tokenizer"
+        (hf_dir / "tokenizer.model").unlink(missing_ok=True)
     (hf_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 

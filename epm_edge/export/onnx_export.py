@@ -25,8 +25,8 @@ MODEL_FILE = "model.onnx"
 # with activations quantized per block at run time (MatMulNBits accuracy level 4), the scheme
 # of llama.cpp's Q8_0: ~5x smaller |dP| than int8 for ~1.6x the time. int4: the same at 4 bits.
 ONNX_QUANTS = ("fp32", "int8", "int8-block", "int4")
-# Files a variant dir needs besides the graph: tokenizer for the scorer, config for inspection.
-_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Files a variant dir needs besides the graph: tokenizer and chat template for the scorer, config for inspection.
+_COPY = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def check_quant(quant: str) -> str:

@@ -40,21 +40,32 @@ class Steps:
         err.print(f"[dim]{time.perf_counter() - self.start:7.1f}s[/] {msg}")
 
 
+# Runtime LoRA: the base alone per type (gguf/base-Q8_0.gguf), and the adapter once as a GGUF LoRA.
+LORA_BASE_PREFIX, LORA_FILE = "base-", "adapter-lora.gguf"
+
+
 def variant_path(root: Path, spec: VariantSpec) -> Path:
     if spec.format == "onnx":
         return root / "onnx" / spec.quant
+    if spec.lora:
+        return root / "gguf" / f"{LORA_BASE_PREFIX}{spec.quant}.gguf"
     return root / "gguf" / f"model-{spec.quant}{'-imatrix' if spec.imatrix else ''}.gguf"
 
 
 def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapter: Path | None = None,
                data: list[Path] | None = None, split: str | None = None, pairs: int | None = None,
-               force: bool = False, threads: int | None = None) -> dict:
-    """Build every variant of `recipe` into `out`, verify them, write reports; returns report.json's dict."""
+               force: bool = False, threads: int | None = None, lora_gguf: bool = False) -> dict:
+    """Build every variant of `recipe` into `out`, verify them, write reports; returns report.json's dict.
+    `lora_gguf`: also write the adapter as a GGUF LoRA and verify runtime-LoRA twins of the GGUF types."""
     from epm_edge.export import gguf_convert, merge, onnx_export, quantize
+    from epm_edge.export.recipe import with_runtime_lora
 
     out = Path(out)
     if out.exists() and not force:
         raise EpmError(f"{out}: already exists; pass --force to replace it")
+    recipe = with_runtime_lora(recipe) if lora_gguf else recipe
+    if not adapter and any(v.lora for v in recipe.variants):
+        raise EpmError("runtime-LoRA variants (--lora-gguf, or `lora = true` in the recipe) need an adapter")
     trained = read_sidecar(adapter) if adapter else {}
     data = verify_data(data or _trained_data(trained), recipe)  # before minutes of building
     log = Steps()
@@ -66,10 +77,14 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         log(f"merging {'adapter ' + str(adapter) if adapter else 'no adapter'} into {base_model.hf_dir}")
         prov = merge.merge(base_model, adapter, tmp / "merged")
         meta = gguf_metadata(prov)
-        gguf_specs = [v for v in recipe.variants if v.format == "gguf"]
+        gguf_specs = [v for v in recipe.variants if v.format == "gguf" and not v.lora]
+        lora_specs = [v for v in recipe.variants if v.lora]
         onnx_specs = [v for v in recipe.variants if v.format == "onnx"]
-        if gguf_specs:
+        if gguf_specs or lora_specs:
             (tmp / "gguf").mkdir()
+        if lora_specs:
+            _runtime_lora(tmp, base_model, Path(adapter), meta, lora_specs, threads, log)
+        if gguf_specs:
             f16 = tmp / "gguf" / "model-F16.gguf"
             log("converting to GGUF F16")
             gguf_convert.convert(tmp / "merged", f16, source_gguf=base_model.gguf, metadata={**meta, "quant": "F16"})
@@ -108,6 +123,25 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
         raise
     log(f"export written to {out}")
     return report
+
+
+def _runtime_lora(root: Path, base_model, adapter: Path, meta: dict, specs: list[VariantSpec], threads: int | None,
+                  log) -> None:
+    """The base alone as a GGUF of each type in `specs`, and the adapter as one GGUF LoRA for all of them."""
+    from epm_edge.export import gguf_convert, quantize
+
+    log("converting the base alone to GGUF F16 (runtime LoRA)")
+    f16 = root / "gguf" / f"{LORA_BASE_PREFIX}F16.gguf"
+    gguf_convert.convert(base_model.hf_dir, f16, source_gguf=base_model.gguf,
+                         metadata={**meta, "adapter_sha256": "none", "quant": "F16"})
+    for spec in specs:
+        if spec.quant != "F16":
+            log(f"quantizing the base to GGUF {spec.quant}")
+            quantize.quantize(f16, variant_path(root, spec), spec.quant, threads=threads)
+    if not any(s.quant == "F16" for s in specs):
+        f16.unlink()
+    log(f"converting the adapter to a GGUF LoRA ({LORA_FILE})")
+    gguf_convert.convert_lora(adapter, base_model.hf_dir, root / "gguf" / LORA_FILE, metadata=meta)
 
 
 def _importance_matrix(root: Path, data: list[Path], recipe: Recipe, threads: int | None, log) -> dict:
@@ -161,8 +195,11 @@ def verify_export(root: Path, recipe: Recipe, data: list[Path] | None = None, sp
         path = variant_path(root, spec)
         if not path.exists():
             raise EpmError(f"{path}: variant '{spec.name}' of the recipe is missing from this export")
+        lora = root / "gguf" / LORA_FILE if spec.lora else None
+        if lora and not lora.exists():
+            raise EpmError(f"{lora}: the GGUF LoRA of variant '{spec.name}' is missing from this export")
         candidates.append(Candidate(spec.name, spec.format, spec.quant, path, spec.max_delta_f1, spec.max_flip_rate,
-                                    spec.imatrix))
+                                    spec.imatrix, lora))
     sets = ", ".join(f"{ps.name} {len(p)}" for ps, p in drawn)
     log(f"verifying {len(candidates)} variants on {len(texts)} {split} pairs (sample {sample}: {sets})")
     result = verify(reference, candidates, texts, labels, orders=recipe.orders, threads=threads,
@@ -189,9 +226,11 @@ def _write_scores(path: Path, drawn: list, scores: dict[str, np.ndarray]) -> Non
 
 
 def _stamp(root: Path, result, data_name: str) -> None:
-    """Each artifact's own thresholds and its verification scores into it (GGUF metadata, JSON sidecars).
-    Verified in one order, an artifact keeps no cut for both orders (an earlier one belonged to other pairs)."""
-    from epm_edge.export.gguf_convert import set_metadata
+    """Each artifact's own thresholds and its verification scores into it (GGUF metadata, JSON sidecars);
+    a runtime-LoRA variant's go into the GGUF LoRA, for its base type. Verified in one order, an artifact
+    keeps no cut for both orders (an earlier one belonged to other pairs)."""
+    from epm_edge.export.gguf_metadata import set_metadata
+    from epm_edge.model_settings import lora_keys
 
     def cuts(v):
         found = file_cuts(v.threshold_one_order, v.threshold if result.orders == 2 else None)
@@ -205,7 +244,9 @@ def _stamp(root: Path, result, data_name: str) -> None:
         scores = {"verify.f1": v.f1, "verify.delta_f1": v.delta_f1, "verify.flip_rate": v.flip_rate,
                   "verify.verdict": v.verdict, "verify.data": data_name, "verify.n_pairs": result.n_pairs,
                   "verify.orders": result.orders}
-        if v.format == "gguf":
+        if v.lora:
+            set_metadata(Path(v.lora), lora_keys(v.quant, {**cuts(v), **scores}))
+        elif v.format == "gguf":
             set_metadata(Path(v.path), {**cuts(v), **scores})
         else:
             write_sidecar(Path(v.path), updated(Path(v.path), {**cuts(v), **scores}))
@@ -216,7 +257,9 @@ def _report(root: Path, result, data: list[Path], split: str, sample: int, recip
 
     def row(v):
         d = v.to_json()
-        d["path"] = str(Path(v.path).relative_to(root)) if Path(v.path).is_relative_to(root) else v.path
+        for key in ("path", "lora"):
+            if d[key] and Path(d[key]).is_relative_to(root):
+                d[key] = str(Path(d[key]).relative_to(root))
         return d
 
     return {"version": __version__, "threshold": result.threshold, "data": [str(d) for d in data], "split": split,
@@ -243,8 +286,8 @@ def _verdict_cell(v: dict, n_pairs: int) -> str:
 
 
 def report_markdown(report: dict) -> str:
-    head = ("| variant | format | quant | imatrix | size MB | pairs/s | threshold | one-order cut | F1 "
-            "| ΔF1 pt [95 % CI] | flips [95 % CI] | mean abs ΔP | budget | verdict |\n|" + "---|" * 14 + "\n")
+    head = ("| variant | format | quant | imatrix | LoRA | size MB | pairs/s | threshold | one-order cut | F1 "
+            "| ΔF1 pt [95 % CI] | flips [95 % CI] | mean abs ΔP | budget | verdict |\n|" + "---|" * 15 + "\n")
     lines = []
     for v in [report["reference"], *report["variants"]]:
         if v["max_delta_f1"] is None:
@@ -254,7 +297,7 @@ def report_markdown(report: dict) -> str:
             delta = (f"{v['delta_f1'] * 100:+.2f} [{v['delta_f1_low'] * 100:+.2f}, "
                      f"{v['delta_f1_high'] * 100:+.2f}]")
             flips = f"{v['flip_rate']:.1%} [{v['flip_rate_low']:.1%}, {v['flip_rate_high']:.1%}]"
-        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {'yes' if v['imatrix'] else ''} "
+        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {'yes' if v['imatrix'] else ''} | {'at load' if v.get('lora') else ''} "
                      f"| {v['size_bytes'] / 1e6:.0f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
                      f"| {v['threshold_one_order']:.4f} | {v['f1'] * 100:.1f} | {delta} | {flips} "
                      f"| {v['mean_abs_dp']:.4f} | {budget} | {_verdict_cell(v, report['n_pairs'])} |")
@@ -263,6 +306,9 @@ def report_markdown(report: dict) -> str:
         else "in the A/B record order"
     inconclusive, failed = verdict_names(report, INCONCLUSIVE), verdict_names(report, FAIL)
     summary = ("Failed: " + ", ".join(failed) + ".\n" if failed else "No variant failed.\n")
+    lora_note = ("LoRA \"at load\": the base alone at that type, with the adapter applied by llama.cpp as it loads "
+                 f"(`--model gguf/{LORA_BASE_PREFIX}TYPE.gguf --lora gguf/{LORA_FILE}`); its size counts both files.\n\n"
+                 if any(v.get("lora") for v in report["variants"]) else "")
     if inconclusive:
         summary += "Inconclusive on these pairs: " + ", ".join(inconclusive) + ".\n"
     return (f"# epm-edge export report\n\n"
@@ -275,7 +321,7 @@ def report_markdown(report: dict) -> str:
             f"Rule: {report['rule']}\n\n"
             f"Base `{prov.get('base', '?')}` (sha256 {prov.get('base_sha256', '?')[:12]}...), adapter "
             f"`{prov.get('adapter') or 'none'}`, prompt {prov.get('prompt_version', '?')}, "
-            f"epm-edge {report['version']}.\n\n" + head + "\n".join(lines) + "\n\n" + summary)
+            f"epm-edge {report['version']}.\n\n" + lora_note + head + "\n".join(lines) + "\n\n" + summary)
 
 
 def load_export_recipe(root: Path) -> Recipe:

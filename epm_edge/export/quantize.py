@@ -10,7 +10,7 @@ import llama_cpp as lc
 import numpy as np
 
 from epm_edge.errors import ModelError
-from epm_edge.export.gguf_convert import set_metadata
+from epm_edge.export.gguf_metadata import set_metadata
 
 # Quant names as llama.cpp's `llama-quantize` spells them.
 GGUF_QUANTS = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from epm_edge.errors import EpmError
@@ -23,6 +23,7 @@ class VariantSpec:
     max_delta_f1: float  # F1 points
     max_flip_rate: float  # fraction of pairs
     imatrix: bool = False  # GGUF: quantized with the importance matrix of the matcher's prompts
+    lora: bool = False  # GGUF: the base alone at this type, with the adapter applied at load time (GGUF LoRA)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -82,14 +83,17 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         check = quantize.check_quant if v["format"] == "gguf" else onnx_export.check_quant
         if v.get("imatrix") and (v["format"] != "gguf" or v["quant"].upper() in ("F16", "BF16")):
             raise EpmError(f"{where}: imatrix applies to quantized GGUF types only")
+        if v.get("lora") and (v["format"] != "gguf" or v.get("imatrix")):
+            raise EpmError(f"{where}: lora (runtime LoRA on the base) applies to GGUF variants without imatrix")
         variants.append(VariantSpec(v["name"], v["format"], check(v["quant"]), float(v["max_delta_f1"]),
-                                    float(v["max_flip_rate"]), bool(v.get("imatrix", False))))
+                                    float(v["max_flip_rate"]), bool(v.get("imatrix", False)),
+                                    bool(v.get("lora", False))))
     if not variants:
         raise EpmError(f"{path}: no [[variants]] to build")
     if len({v.name for v in variants}) != len(variants):
         raise EpmError(f"{path}: variant names must be unique")
-    if len({(v.format, v.quant, v.imatrix) for v in variants}) != len(variants):
-        raise EpmError(f"{path}: each format/quant/imatrix combination may appear once (it names the output file)")
+    if len({(v.format, v.quant, v.imatrix, v.lora) for v in variants}) != len(variants):
+        raise EpmError(f"{path}: each format/quant/imatrix/lora combination may appear once (it names the output file)")
     if verify.get("orders", 1) not in (1, 2):
         raise EpmError(f"{path}: [verify] orders must be 1 (A/B) or 2 (both record orders)")
     for where, section in (("verify", verify), ("imatrix", calibration)):
@@ -103,3 +107,18 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
                   orders=verify.get("orders", 1), record_tokens=verify.get("record_tokens", 64),
                   imatrix_split=calibration.get("split", "train"), imatrix_pairs=calibration.get("pairs", 128),
                   text=text)
+
+
+def with_runtime_lora(recipe: Recipe) -> Recipe:
+    """`recipe` with a runtime-LoRA twin (base of the same type + the adapter as a GGUF LoRA, same budget)
+    of each GGUF variant without imatrix, unless it lists runtime-LoRA variants of its own. The twins
+    are appended to the recipe's text too, so the copy in the export re-verifies them."""
+    if any(v.lora for v in recipe.variants):
+        return recipe
+    twins = [replace(v, name=f"{v.name}-lora", lora=True) for v in recipe.variants
+             if v.format == "gguf" and not v.imatrix]
+    text = recipe.text + "\n# Added by --lora-gguf: each GGUF type above as the base alone + the adapter as a GGUF LoRA.\n"
+    for v in twins:
+        text += (f'\n[[variants]]\nname = "{v.name}"\nformat = "gguf"\nquant = "{v.quant}"\nlora = true\n'
+                 f"max_delta_f1 = {v.max_delta_f1:g}\nmax_flip_rate = {v.max_flip_rate:g}\n")
+    return replace(recipe, variants=recipe.variants + twins, text=text)

@@ -117,9 +117,11 @@ class _Job:
     scoring: PairScoring  # scorer None
     model: str
     backend: str
-    digest: str
+    digests: dict[str, str]  # of the model and of its LoRA, if any, by path
     both_orders: bool
     threads: int
+    lora: str | None = None  # a GGUF LoRA applied to the model as it loads
+    lora_scale: float = 1.0
 
 
 class _Actor:
@@ -132,10 +134,11 @@ class _Actor:
         from epm_edge.runtime.orders import BothOrders
 
         job: _Job = ray.get(job[0])  # wrapped in a list so Ray hands over the reference, not a copy per arg
-        if content_digest(job.model) != job.digest:  # a node that joined after the driver's check
-            raise ModelError(f"node {socket.gethostname()}: {job.model} is missing or differs from the driver's")
+        for path, digest in job.digests.items():  # a node that joined after the driver's check
+            if content_digest(path) != digest:
+                raise ModelError(f"node {socket.gethostname()}: {path} is missing or differs from the driver's")
         scorer = load_scorer(job.model, backend=job.backend, threads=job.threads,
-                             batch_size=job.scoring.batch_size)
+                             batch_size=job.scoring.batch_size, lora=job.lora, lora_scale=job.lora_scale)
         self.scoring = dataclasses.replace(job.scoring, scorer=BothOrders(scorer) if job.both_orders else scorer)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,10 +159,11 @@ class RayScoring:
         self.actors = connect(settings)
         inner = getattr(scoring.scorer, "inner", scoring.scorer)  # runtime.orders.BothOrders wraps it
         model = str(Path(inner.path).resolve())
-        digest = content_digest(model)
-        check_nodes({model: digest})
-        job = _Job(dataclasses.replace(scoring, scorer=None), model, inner.name, digest,
-                   inner is not scoring.scorer, settings.threads)
+        lora = str(inner.lora_path.resolve()) if getattr(inner, "lora_path", None) else None
+        digests = {p: content_digest(p) for p in (model, lora) if p}
+        check_nodes(digests)
+        job = _Job(dataclasses.replace(scoring, scorer=None), model, inner.name, digests,
+                   inner is not scoring.scorer, settings.threads, lora, getattr(inner, "lora_scale", 1.0))
         self.job = ray.put(job)
         self.explain = scoring.explain
 

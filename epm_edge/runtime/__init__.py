@@ -27,18 +27,22 @@ def detect_backend(model: str | Path) -> str:
 
 
 def load_scorer(model: str | Path, backend: str | None = None, threads: int | None = None,
-                batch_size: int = 32) -> Scorer:
+                batch_size: int = 32, lora: str | Path | None = None, lora_scale: float = 1.0) -> Scorer:
     """A scorer for the model file or dir `model` (a trained adapter dir runs through
-    epm_edge.resolve.open_scorer, which builds its GGUF first)."""
+    epm_edge.resolve.open_scorer, which builds its GGUF first); `lora`: a GGUF LoRA llama.cpp applies to
+    the GGUF `model` as it loads, at `lora_scale`."""
     path = Path(model)
     if not path.exists():
         raise ModelError(f"{path}: model not found")
     backend = backend or detect_backend(path)
     if (path / "adapter_config.json").exists():
         raise ModelError(f"{path}: a trained adapter dir runs as a GGUF built from it (epm_edge.resolve.open_scorer)")
+    if lora and (backend != "llamacpp" or path.suffix != ".gguf"):
+        raise ModelError(f"{lora}: a GGUF LoRA applies to a .gguf base model on llama.cpp, not to {path}")
     if backend == "llamacpp":
         from epm_edge.runtime.llamacpp import LlamaCppScorer
-        return LlamaCppScorer(path, threads=threads)  # one pair per decode: see its module
+        # one pair per decode: see its module
+        return LlamaCppScorer(path, threads=threads, lora=lora, lora_scale=lora_scale)
     if backend == "onnx":
         from epm_edge.runtime.onnx import OnnxScorer
         return OnnxScorer(path, threads=threads)  # one pair per run: see its module

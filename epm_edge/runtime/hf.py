@@ -15,6 +15,7 @@ import numpy as np
 from epm_edge import prompt
 from epm_edge.errors import ModelError
 from epm_edge.model_settings import one_order_cut
+from epm_edge.runtime.chat_template import dir_chat_format
 from epm_edge.runtime.provenance import read_sidecar
 
 
@@ -32,9 +33,9 @@ def segment_ids(tokenizer, segments: Sequence[tuple[str, bool]]) -> list[int]:
             for t in tokenizer(text, add_special_tokens=False, split_special_tokens=not template)["input_ids"]]
 
 
-def pair_ids(tokenizer, a: str, b: str) -> list[int]:
-    """Ids of the pair suffix (prompt.pair_segments)."""
-    return segment_ids(tokenizer, prompt.pair_segments(a, b))
+def pair_ids(tokenizer, fmt: prompt.ChatFormat, a: str, b: str) -> list[int]:
+    """Ids of the pair suffix (ChatFormat.pair_segments)."""
+    return segment_ids(tokenizer, fmt.pair_segments(a, b))
 
 
 class TransformersScorer:
@@ -55,7 +56,8 @@ class TransformersScorer:
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch.float32).eval()
-        self.prefix = self.tokenizer(prompt.PREFIX, add_special_tokens=False)["input_ids"]
+        self.format = dir_chat_format(self.path)
+        self.prefix = self.tokenizer(self.format.prefix, add_special_tokens=False)["input_ids"]
         self.yes = single_token(self.tokenizer, prompt.YES, self.path)
         self.no = single_token(self.tokenizer, prompt.NO, self.path)
         self.pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -65,7 +67,7 @@ class TransformersScorer:
         out = np.empty(len(pairs), dtype=np.float64)
         for lo in range(0, len(pairs), self.batch_size):
             chunk = pairs[lo:lo + self.batch_size]
-            seqs = [self.prefix + pair_ids(self.tokenizer, a, b) for a, b in chunk]
+            seqs = [self.prefix + pair_ids(self.tokenizer, self.format, a, b) for a, b in chunk]
             width = max(map(len, seqs))
             ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
             mask = torch.zeros((len(seqs), width), dtype=torch.long)

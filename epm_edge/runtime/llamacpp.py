@@ -72,16 +72,37 @@ def free_cores(window: float = 0.3) -> int:
     return max(1, min(cores, round(cores * (idle1 - idle0) / (total1 - total0))))
 
 
-def read_gguf_metadata(model) -> dict[str, str]:
-    """All GGUF key/value pairs of a loaded llama.cpp model, as strings."""
+def read_gguf_metadata(model, adapter: bool = False) -> dict[str, str]:
+    """All GGUF key/value pairs of a loaded llama.cpp model (or LoRA adapter), as strings."""
+    count, key_at, value_at = ((lc.llama_adapter_meta_count, lc.llama_adapter_meta_key_by_index,
+                                lc.llama_adapter_meta_val_str_by_index) if adapter else
+                               (lc.llama_model_meta_count, lc.llama_model_meta_key_by_index,
+                                lc.llama_model_meta_val_str_by_index))
     meta, buf = {}, ctypes.create_string_buffer(1 << 16)
-    for i in range(lc.llama_model_meta_count(model)):
-        if lc.llama_model_meta_key_by_index(model, i, buf, len(buf)) < 0:
+    for i in range(count(model)):
+        if key_at(model, i, buf, len(buf)) < 0:
             continue
         key = buf.value.decode("utf-8", "replace")
-        if lc.llama_model_meta_val_str(model, key.encode(), buf, len(buf)) >= 0:
+        if value_at(model, i, buf, len(buf)) >= 0:
             meta[key] = buf.value.decode("utf-8", "replace")
     return meta
+
+
+def epm_keys(gguf_metadata: dict[str, str]) -> dict[str, str]:
+    return {k[4:]: v for k, v in gguf_metadata.items() if k.startswith("epm.")}
+
+
+def weight_type(gguf_metadata: dict[str, str]) -> str:
+    """The GGUF type of a model's weights (`Q4_K_M`, `BF16`), as epm-edge names it: its stamped `epm.quant`,
+    else from `general.file_type`."""
+    import gguf
+
+    if "epm.quant" in gguf_metadata:
+        return gguf_metadata["epm.quant"]
+    try:
+        return gguf.LlamaFileType(int(gguf_metadata["general.file_type"])).name.split("_", 1)[1]
+    except (KeyError, ValueError):
+        return "unknown"
 
 
 @functools.cache
@@ -129,13 +150,24 @@ class LlamaCppScorer:
     # vs 1.09 without it (Q4_1 base, multi-pair decodes); one pair per decode is as fast with or
     # without it.
     def __init__(self, path: str | Path, threads: int | None = None, max_pair_tokens: int = 512,
-                 flash_attn: bool = True, share_records: bool = True):
+                 flash_attn: bool = True, share_records: bool = True, lora: str | Path | None = None,
+                 lora_scale: float = 1.0):
         self.path = Path(path)
         self.model = load_model(self.path)
         self.vocab = lc.llama_model_get_vocab(self.model)
-        self.metadata = {k[4:]: v for k, v in read_gguf_metadata(self.model).items() if k.startswith("epm.")}
+        gguf_metadata = read_gguf_metadata(self.model)
+        self.metadata = epm_keys(gguf_metadata)
+        self.lora_path, self.lora_scale, self.lora = (Path(lora) if lora else None), lora_scale, None
+        if lora:
+            self.lora = self._load_lora()
+            # The cuts belong to this adapter on this type of base: the adapter stores them per type.
+            adapter = epm_keys(read_gguf_metadata(self.lora, adapter=True))
+            self.metadata = model_settings.lora_metadata(self.metadata, adapter, weight_type(gguf_metadata))
         self.threshold = model_settings.one_order_cut(self.metadata)
-        self.prefix = self.tokenize(prompt.PREFIX)
+        self.format = prompt.chat_format(gguf_metadata.get("tokenizer.chat_template"),
+                                         self._special_text(lc.llama_vocab_bos(self.vocab)),
+                                         self._special_text(lc.llama_vocab_eos(self.vocab)), self.path)
+        self.prefix = self.tokenize(self.format.prefix)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
         self.max_pair_tokens = max_pair_tokens
         self.share_records = share_records
@@ -151,14 +183,28 @@ class LlamaCppScorer:
         self.ctx = lc.llama_init_from_model(self.model, params)
         if not self.ctx:
             raise ModelError(f"{self.path}: llama.cpp could not create a context")
+        if self.lora:
+            adapters, scales = (lc.llama_adapter_lora_p_ctypes * 1)(self.lora), (ctypes.c_float * 1)(lora_scale)
+            if lc.llama_set_adapters_lora(self.ctx, adapters, 1, scales) != 0:
+                raise ModelError(f"{self.lora_path}: llama.cpp could not apply this LoRA adapter")
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch = lc.llama_batch_init(params.n_batch, 0, 1)
         self._decode(self.prefix, PREFIX_SEQ, 0, logits=False)
         self._samplers: dict[bool, object] = {}
 
+    def _load_lora(self):
+        """The GGUF LoRA at `lora_path` on this model (freed with the model)."""
+        if not self.lora_path.is_file():
+            raise ModelError(f"{self.lora_path}: LoRA adapter file not found")
+        adapter = lc.llama_adapter_lora_init(self.model, str(self.lora_path).encode())
+        if not adapter:
+            raise ModelError(f"{self.lora_path}: llama.cpp could not load this LoRA adapter onto {self.path} (not a "
+                             "GGUF LoRA, corrupt, or made for another base model)")
+        return adapter
+
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, text: str | Sequence[tuple[str, bool]], special: bool = True) -> list[int]:
-        """Token ids of `text`, or of (text, is_template) pieces joined (prompt.pair_segments).
+        """Token ids of `text`, or of (text, is_template) pieces joined (ChatFormat.pair_segments).
 
         Special-token text such as `<|im_end|>` becomes its control token only where `special` is
         set, for pieces only in the template ones: record text is data and stays plain text.
@@ -178,10 +224,14 @@ class LlamaCppScorer:
             raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
         return ids[0]
 
-    def piece(self, token: int) -> bytes:
+    def piece(self, token: int, special: bool = False) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:max(n, 0)]
+
+    def _special_text(self, token: int) -> str:
+        """A control token's text (`<bos>`), for chat templates that write it; "" where there is none."""
+        return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
     # -- decoding -------------------------------------------------------------------------
     def _decode(self, tokens: list[int], seq: int, pos: int, logits: bool = True) -> int:
@@ -223,7 +273,7 @@ class LlamaCppScorer:
             head = self.tokenize(prompt.pair_head(a), special=False) if self.share_records else []
             tails = []  # pairs continuing A's decoded tokens
             for i in idx:
-                suffix = self.tokenize(prompt.pair_segments(a, pairs[i][1]))
+                suffix = self.tokenize(self.format.pair_segments(a, pairs[i][1]))
                 # Only where the tokens split at the A/B boundary; BPE could merge across it.
                 if head and suffix[:len(head)] == head and len(suffix) > len(head):
                     tails.append((i, suffix[len(head):]))
@@ -264,7 +314,7 @@ class LlamaCppScorer:
         """
         sampler = self._sampler(match)
         lc.llama_sampler_reset(sampler)
-        suffix = self.tokenize(prompt.pair_segments(a, b))
+        suffix = self.tokenize(self.format.pair_segments(a, b))
         pos = len(self.prefix)
         lc.llama_memory_seq_cp(self.mem, PREFIX_SEQ, PAIR_SEQ, -1, -1)
         text, finished = b"", False

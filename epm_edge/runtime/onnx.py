@@ -20,6 +20,7 @@ import numpy as np
 from epm_edge import prompt
 from epm_edge.errors import ModelError
 from epm_edge.model_settings import one_order_cut
+from epm_edge.runtime.chat_template import dir_chat_format
 from epm_edge.runtime.provenance import read_sidecar
 
 MODEL_FILE = "model.onnx"
@@ -27,15 +28,15 @@ MODEL_FILE = "model.onnx"
 
 def token_ids(tokenizer, text: str, template: bool = True) -> list[int]:
     """Ids of `text` from a `tokenizers.Tokenizer`; special-token text such as `<|im_end|>` becomes
-    its special token in template text only (record text is data: prompt.pair_segments)."""
+    its special token in template text only (record text is data: ChatFormat.pair_segments)."""
     # The flag is tokenizer state, so every encode sets it (as transformers does for split_special_tokens).
     tokenizer.encode_special_tokens = not template
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
-def pair_ids(tokenizer, a: str, b: str) -> list[int]:
+def pair_ids(tokenizer, fmt: prompt.ChatFormat, a: str, b: str) -> list[int]:
     """Ids of the pair suffix, as llama.cpp tokenizes it."""
-    return [t for text, template in prompt.pair_segments(a, b) for t in token_ids(tokenizer, text, template)]
+    return [t for text, template in fmt.pair_segments(a, b) for t in token_ids(tokenizer, text, template)]
 
 
 class OnnxScorer:
@@ -70,7 +71,8 @@ class OnnxScorer:
         self.present_names = [n.replace("past_key_values.", "present.") for n in self.past_names]
 
         self.tokenizer = Tokenizer.from_file(str(self.path / "tokenizer.json"))
-        self.prefix = token_ids(self.tokenizer, prompt.PREFIX)
+        self.format = dir_chat_format(self.path)
+        self.prefix = token_ids(self.tokenizer, self.format.prefix)
         self.yes, self.no = self._single(prompt.YES), self._single(prompt.NO)
         self.prefix_past = self._run_prefix()
 
@@ -96,7 +98,7 @@ class OnnxScorer:
         return prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return np.array([self._score_one(pair_ids(self.tokenizer, a, b)) for a, b in pairs], dtype=np.float64)
+        return np.array([self._score_one(pair_ids(self.tokenizer, self.format, a, b)) for a, b in pairs], dtype=np.float64)
 
     def close(self) -> None:
         self.session = None

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from epm_edge.cli_options import (backend_option, both_orders_option, cascade_option, model_option, quant_option,
-                                  record_tokens_option, threads_option, threshold_option)
+from epm_edge.cli_options import (backend_option, both_orders_option, cascade_option, lora_options, model_option,
+                                  quant_option, record_tokens_option, threads_option, threshold_option)
 from epm_edge.errors import EpmError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -35,6 +35,7 @@ def _api_key(path: Path | None, host: str, insecure: bool) -> str | None:
 
 @click.command("serve")
 @model_option()
+@lora_options
 @quant_option
 @backend_option
 @threads_option()
@@ -66,8 +67,8 @@ def _api_key(path: Path | None, host: str, insecure: bool) -> str | None:
               help="Request body size (more: 413).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a request may wait for its scores (more: 504).")
-def serve(model_path, quant, backend, threads, both_orders, cascade_mode, catalog, id_col, columns, record_tokens,
-          top_k, threshold, host, port, api_key_file, insecure, max_batch, max_wait_ms, max_queue, max_pairs,
+def serve(model_path, lora, lora_scale, quant, backend, threads, both_orders, cascade_mode, catalog, id_col, columns,
+          record_tokens, top_k, threshold, host, port, api_key_file, insecure, max_batch, max_wait_ms, max_queue, max_pairs,
           max_body_bytes, timeout):
     """Match over HTTP: POST /v1/score and /v1/match, probes, Prometheus metrics, OpenAPI at /docs."""
     try:
@@ -98,15 +99,16 @@ def serve(model_path, quant, backend, threads, both_orders, cascade_mode, catalo
         err.print("[yellow]the feature stage fits its TF-IDF on a catalog: without --catalog the LLM scores "
                   "every pair[/]")
         stage = None
-    path, scorer = open_scorer(model_path, backend, threads, max_batch, quant, both_orders)
+    path, scorer = open_scorer(model_path, backend, threads, max_batch, quant, both_orders, lora, lora_scale)
     stored = stage.cut(scorer.threshold) if stage is not None else scorer.threshold
     thr = threshold if threshold is not None else stored if stored is not None else 0.5
     engine = Engine(scorer, thr, record_tokens, stage, records, top_k)
     engine.score([WARM_UP], [False])  # a model that cannot score fails here, before the port opens
     metrics = Metrics()
     batcher = Batcher(engine, max_batch, max_wait_ms / 1000, max_queue, on_batch=metrics.batch)
-    app = create_app(engine, batcher, Limits(max_pairs, max_body_bytes, timeout), metrics, str(path), key)
-    err.print(f"model: {path} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
+    model = f"{path} + LoRA {lora} (scale {lora_scale:g})" if lora else str(path)
+    app = create_app(engine, batcher, Limits(max_pairs, max_body_bytes, timeout), metrics, model, key)
+    err.print(f"model: {model} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
               + (f"; feature stage: {stage.path}" if stage is not None else "")
               + (f"; catalog: {catalog} ({len(records)} records)" if records is not None else ""))
     err.print(f"serving http://{host}:{port} (OpenAPI: /docs); Ctrl-C or SIGTERM finishes the requests in flight, "
