@@ -102,7 +102,7 @@ def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, qua
     from epm_edge.console import err, progress_bar
     from epm_edge.data import read_catalog
     from epm_edge.features.cascade import identity
-    from epm_edge.match.blocking import candidates
+    from epm_edge.match.blocking import candidates, map_in_process
     from epm_edge.match.run import drop_empty_records, run_match
     from epm_edge.report.tables import match_table
 
@@ -125,8 +125,14 @@ def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, qua
         return kept
 
     a, b = without_empty("A", a), without_empty("B", b)
+    if ray:  # blocking ranks the chunks of A as Ray tasks too
+        from epm_edge.match.on_ray import connect
+        from epm_edge.match.ray_blocking import cluster_map_chunks
+
+        ray.actors = connect(ray)
+        err.print(f"Ray: {ray.address}, {ray.actors} actor(s) x {ray.threads} thread(s)")
     t0 = time.perf_counter()
-    cands = candidates(a, b, top_k=top_k)
+    cands = candidates(a, b, top_k=top_k, map_chunks=cluster_map_chunks() if ray else map_in_process)
     err.print(f"blocking: {len(cands)} candidate pairs of {len(a) * len(b)} ({time.perf_counter() - t0:.1f}s)")
     cascade, both_orders = feature_stage(cascade_mode, model_path, both_orders)
     if cascade is not None and not hasattr(cascade, "settings"):
@@ -143,17 +149,13 @@ def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, qua
     runs_as = f" as {scorer.path.name}" if Path(scorer.path) != Path(path) else ""
     err.print(f"model: {path}{runs_as} ({scorer.name}{', both orders' if both_orders else ''}), threshold {thr:.3f}"
               + (f"; cascade: {cascade.path}" if cascade else ""))
-    if ray:
-        from epm_edge.match.on_ray import connect
-
-        ray.actors = connect(ray)
-        err.print(f"Ray: {ray.address}, {ray.actors} actor(s) x {ray.threads} thread(s)")
     target = out_path or Path(tempfile.mkdtemp(prefix="epm-edge-")) / "matches.csv"
     # everything that decides the rows: a resumed run with any of it changed would mix two runs
     settings = {"catalog_a": str(Path(catalog_a).resolve()), "catalog_b": str(Path(catalog_b).resolve()),
                 "catalog_a_sha256": sha256_file(catalog_a), "catalog_b_sha256": sha256_file(catalog_b),
                 "id_col_a": a.id_col, "columns_a": a.columns, "id_col_b": b.id_col, "columns_b": b.columns,
                 "model_sha256": model_identity(scorer.path), "backend": scorer.name,
+                **({"lora_sha256": model_identity(lora), "lora_scale": lora_scale} if lora else {}),
                 "top_k": top_k, "threshold": thr, "record_tokens": record_tokens, "explain": explain,
                 "explain_above": explain_above, "both_orders": both_orders, "assignment": assignment,
                 "cascade": identity(cascade) if cascade else "off"}

@@ -1,3 +1,4 @@
+import csv
 import os
 from pathlib import Path
 
@@ -49,3 +50,25 @@ def nan_gguf(f32_gguf, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("gguf") / "nan.gguf"
     out.write_bytes(bytes(data))
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A labelled set in the DeepMatcher layout: 16 valid pairs, and 16 train pairs (the importance matrix)."""
+    root = tmp_path_factory.mktemp("pairs")
+    brands = ["sony", "samsung", "lg", "philips", "canon", "nikon", "bose", "jbl"]
+    with open(root / "tableA.csv", "w", newline="") as fa, open(root / "tableB.csv", "w", newline="") as fb:
+        wa, wb = csv.writer(fa), csv.writer(fb)
+        wa.writerow(["id", "title", "price"])
+        wb.writerow(["id", "title", "price"])
+        for i, b in enumerate(brands):
+            wa.writerow([i, f"{b} model {100 + i}x black", f"{19 + i}.99"])
+            wb.writerow([i, f"{b.upper()} {100 + i}X - black - free shipping", f"{19 + i}.95"])
+    for split, shift in (("valid", 3), ("train", 5)):
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["ltable_id", "rtable_id", "label"])
+            for i in range(len(brands)):
+                w.writerow([i, i, 1])
+                w.writerow([i, (i + shift) % len(brands), 0])
+    return root

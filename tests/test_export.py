@@ -84,28 +84,6 @@ def tiny_adapter(tiny_base, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    """A labelled set in the DeepMatcher layout: 16 valid pairs, and 16 train pairs (the importance matrix)."""
-    root = tmp_path_factory.mktemp("pairs")
-    brands = ["sony", "samsung", "lg", "philips", "canon", "nikon", "bose", "jbl"]
-    with open(root / "tableA.csv", "w", newline="") as fa, open(root / "tableB.csv", "w", newline="") as fb:
-        wa, wb = csv.writer(fa), csv.writer(fb)
-        wa.writerow(["id", "title", "price"])
-        wb.writerow(["id", "title", "price"])
-        for i, b in enumerate(brands):
-            wa.writerow([i, f"{b} model {100 + i}x black", f"{19 + i}.99"])
-            wb.writerow([i, f"{b.upper()} {100 + i}X - black - free shipping", f"{19 + i}.95"])
-    for split, shift in (("valid", 3), ("train", 5)):
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["ltable_id", "rtable_id", "label"])
-            for i in range(len(brands)):
-                w.writerow([i, i, 1])
-                w.writerow([i, (i + shift) % len(brands), 0])
-    return root
-
-
-@pytest.fixture(scope="module")
 def tiny_export(tiny_base, tiny_adapter, tiny_data, tmp_path_factory) -> Path:
     from epm_edge.cli import main
 

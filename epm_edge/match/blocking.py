@@ -146,11 +146,12 @@ def block(a: Catalog, b: Catalog, top_k: int = 20, memory_budget: int = DEFAULT_
     return Candidates(a_ids, b_ids, np.array(scores, dtype=np.float32))
 
 
-def candidates(a: Catalog, b: Catalog, top_k: int = 20, all_pairs_max: int = 400, progress=None) -> Candidates:
-    """All pairs when the cross product is small, else `block`."""
+def candidates(a: Catalog, b: Catalog, top_k: int = 20, all_pairs_max: int = 400, progress=None,
+               map_chunks=map_in_process) -> Candidates:
+    """All pairs when the cross product is small, else `block` (its chunks ranked by `map_chunks`)."""
     if len(a) * len(b) <= all_pairs_max:
         return all_pairs(a, b)
-    return block(a, b, top_k=top_k, progress=progress)
+    return block(a, b, top_k=top_k, progress=progress, map_chunks=map_chunks)
 
 
 def pair_completeness(cands: Candidates, positives: set[tuple[str, str]]) -> float:

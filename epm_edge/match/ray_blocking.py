@@ -46,15 +46,22 @@ def map_on_ray(index: BlockingIndex, chunks, top_k: int, in_flight: int):
         yield ray.get(pending.popleft())
 
 
+def cluster_map_chunks(in_flight: int | None = None):
+    """`block`'s `map_chunks` for the Ray instance this process has joined: `in_flight` chunks out at once
+    (default: two per CPU of the cluster, so a worker has its next chunk while the driver collects the last)."""
+    import ray
+
+    return partial(map_on_ray, in_flight=in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1))))
+
+
 def block_on_ray(a: Catalog, b: Catalog, top_k: int = 20, memory_budget: int = DEFAULT_MEMORY_BUDGET,
                  max_code_df: int = 20, progress=None, in_flight: int | None = None,
                  num_cpus: int | None = None) -> Candidates:
     """`block` with the chunks of A as Ray tasks; the same candidates in the same order.
 
     Uses the Ray instance already started in this process, else starts a local one with `num_cpus`
-    (default: all cores) and shuts it down at the end. `in_flight`: chunks out at once (default: two
-    per CPU of the cluster, so a worker has its next chunk while the driver collects the last).
-    `memory_budget` bounds each task's chunk as in `block`.
+    (default: all cores) and shuts it down at the end. `in_flight`: chunks out at once (see
+    `cluster_map_chunks`). `memory_budget` bounds each task's chunk as in `block`.
     """
     import ray
 
@@ -62,9 +69,7 @@ def block_on_ray(a: Catalog, b: Catalog, top_k: int = 20, memory_budget: int = D
     if started:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     try:
-        in_flight = in_flight or 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        return block(a, b, top_k, memory_budget, max_code_df, progress,
-                     map_chunks=partial(map_on_ray, in_flight=in_flight))
+        return block(a, b, top_k, memory_budget, max_code_df, progress, map_chunks=cluster_map_chunks(in_flight))
     finally:
         if started:
             ray.shutdown()
