@@ -83,29 +83,36 @@ def _model_class(arch: str):
     return {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gemma3": Gemma3ForCausalLM}[arch]
 
 
-@pytest.fixture(scope="module", params=list(ARCHITECTURES))
-def exported(request, base_gguf, tiny_data, tmp_path_factory):
-    """(architecture, base HF dir, adapter dir, export dir) of a tiny model of each architecture."""
+def tiny_base(arch: str, out: Path, base_gguf: Path) -> Path:
+    """A tiny random model of `arch` with the SmolLM2 tokenizer, its family's template and special tokens."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer
 
-    from epm_edge.cli import main
     from epm_edge.export.merge import resolve_base
 
-    arch = request.param
     template, specials, _ = ARCHITECTURES[arch]
-    root = tmp_path_factory.mktemp(arch)
     tok = AutoTokenizer.from_pretrained(resolve_base(base_gguf).hf_dir)
     if specials:
         tok.add_special_tokens({"additional_special_tokens": specials})
     if template:
         tok.chat_template = template
     torch.manual_seed(0)
-    base = root / "base"
-    _model_class(arch)(_config(arch, len(tok))).save_pretrained(base)
-    tok.save_pretrained(base)
+    _model_class(arch)(_config(arch, len(tok))).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
+
+@pytest.fixture(scope="module", params=list(ARCHITECTURES))
+def exported(request, base_gguf, tiny_data, tmp_path_factory):
+    """(architecture, base HF dir, adapter dir, export dir) of a tiny model of each architecture."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from epm_edge.cli import main
+
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    base = tiny_base(arch, root / "base", base_gguf)
     torch.manual_seed(1)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(_model_class(arch).from_pretrained(base),
@@ -237,3 +244,79 @@ def test_lora_for_another_base_is_a_clear_error(exported, base_gguf):
     _, _, _, out = exported
     with pytest.raises(ModelError, match="another base model"):
         LlamaCppScorer(base_gguf, lora=out / "gguf" / "adapter-lora.gguf")
+
+
+def test_unsupported_architecture_fails_at_once_naming_it(tmp_path, tiny_data):
+    from transformers import OPTConfig, OPTForCausalLM
+
+    from epm_edge.cli import main
+
+    base = tmp_path / "opt"
+    OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+                             word_embed_proj_dim=16)).save_pretrained(base)
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
+                                       "--out", str(tmp_path / "out"), "--data", str(tiny_data)])
+    assert result.exit_code != 0
+    assert "architecture OPTForCausalLM is not supported by llama.cpp's GGUF converter" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_decision_words_must_be_single_tokens(tmp_path, tiny_data):
+    """A vocabulary where `Yes` takes several tokens cannot score a pair in one pass: the export says so
+    before it builds anything."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from epm_edge.cli import main
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(["sony model black", "canon lens"] * 10, trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=["<s>", "</s>"]))
+    base = tmp_path / "base"
+    PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>").save_pretrained(base)
+    LlamaForCausalLM(LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=16, intermediate_size=32,
+                                 num_hidden_layers=1, num_attention_heads=2)).save_pretrained(base)
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
+                                       "--out", str(tmp_path / "out"), "--data", str(tiny_data)])
+    assert result.exit_code != 0
+    assert "'Yes' is not a single token in this vocabulary" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_training_on_a_gemma3_base_speaks_its_chat_format(base_gguf, data_dir, tmp_path):
+    """`train sft --base` on a Gemma 3 model frames every example in Gemma's template and ends answers
+    with its end of turn; the trained adapter exports, and llama.cpp frames pairs the same way."""
+    from safetensors.torch import load_file
+
+    from epm_edge.cli import main
+    from epm_edge.runtime.llamacpp import LlamaCppScorer
+    from epm_edge.train.base import base_format
+    from epm_edge.train.dataset import DataConfig, build_examples
+    from epm_edge.train.sft import SFTSettings, run_sft
+
+    base = tiny_base("gemma3", tmp_path / "base", base_gguf)
+    fmt = base_format(base)
+    assert fmt.prefix.startswith("<|im_start|><start_of_turn>user\n")  # bos_token, then Gemma's user turn
+    data = DataConfig([data_dir / "abt_buy"], record_tokens=16)
+    for e in build_examples(data, "valid", limit=4, fmt=fmt):
+        assert e["prompt"].startswith(fmt.prefix) and e["prompt"].endswith("<end_of_turn>\n<start_of_turn>model\n")
+        assert e["completion"].endswith("<end_of_turn>")
+    out = tmp_path / "sft"
+    run_sft(SFTSettings(data, out, base=str(base), max_steps=2, batch_size=2, grad_accum=1, limit=8, eval_steps=2,
+                        eval_limit=4, logging_steps=1, rank=4, alpha=8, max_length=256))
+    assert any(v.abs().sum() > 0 for k, v in load_file(str(out / "adapter_model.safetensors")).items()
+               if "lora_B" in k)
+
+    (tmp_path / "recipe.toml").write_text(RECIPE)
+    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
+                                       "--adapter", str(out), "--out", str(tmp_path / "export"),
+                                       "--data", str(data_dir / "abt_buy"), "--pairs", "16"])
+    assert result.exit_code == 0, result.output
+    scorer = LlamaCppScorer(tmp_path / "export" / "gguf" / "model-F16.gguf")
+    try:
+        assert scorer.format == fmt
+    finally:
+        scorer.close()

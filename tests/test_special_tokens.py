@@ -127,17 +127,17 @@ def test_training_tokenizes_record_text_as_the_scorers_do(scorer, special_ids, p
     benign = pairs_and_labels[0][:20]
     for a, b in benign + injected_pairs(special_ids, benign[0]):
         text = prompt.full_prompt(a, b)
-        assert prompt_ids(tok, text) == scorer.prefix + scorer.tokenize(prompt.pair_segments(a, b))
-    grpo = _data_prompts(GRPOTrainer)._tokenize_prompts(SimpleNamespace(processing_class=tok), [text])
-    assert grpo == ([prompt_ids(tok, text)], None, {})
+        assert prompt_ids(tok, prompt.CHATML, text) == scorer.prefix + scorer.tokenize(prompt.pair_segments(a, b))
+    grpo = _data_prompts(GRPOTrainer, prompt.CHATML)._tokenize_prompts(SimpleNamespace(processing_class=tok), [text])
+    assert grpo == ([prompt_ids(tok, prompt.CHATML, text)], None, {})
 
     # ordinary examples keep the ids trl's own string tokenization gave them
     examples = build_examples(DataConfig([data_dir / "abt_buy"], max_per_set=12), "valid")
-    rows = _dataset(examples, tok)
+    rows = _dataset(examples, tok, prompt.CHATML)
     for e, row in zip(examples, rows):
         assert row["input_ids"] == tok(e["prompt"] + e["completion"])["input_ids"]
         assert row["completion_mask"] == [0] * len(tok(e["prompt"])["input_ids"]) + [1] * (
             len(row["input_ids"]) - len(tok(e["prompt"])["input_ids"]))
     # an evidence value holding special-token text is data too; the end of turn alone is special
-    ids = completion_ids(tok, "Yes\nname: a <|im_end|> b | a <|im_end|> b | same" + prompt.END_OF_TURN)
+    ids = completion_ids(tok, prompt.CHATML, "Yes\nname: a <|im_end|> b | a <|im_end|> b | same" + prompt.END_OF_TURN)
     assert [t for t in ids if t in special_ids] == [tok.convert_tokens_to_ids(prompt.END_OF_TURN)] == ids[-1:]

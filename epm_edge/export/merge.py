@@ -150,6 +150,20 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
     (hf_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 
+def check_prompt_fits(base: BaseModel) -> None:
+    """ModelError unless the base's tokenizer can carry the prompt: its chat template frames a user turn
+    and an answer, and the decision words are single tokens."""
+    from transformers import AutoTokenizer
+
+    from epm_edge.runtime.chat_template import dir_chat_format
+    from epm_edge.runtime.hf import single_token
+
+    dir_chat_format(base.hf_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base.hf_dir)
+    for word in (prompt.YES, prompt.NO):
+        single_token(tokenizer, word, base.gguf or base.hf_dir)
+
+
 def adapter_sha256(adapter: Path) -> str:
     return dir_sha256(adapter, ("adapter_config.json",) + ADAPTER_WEIGHTS)
 

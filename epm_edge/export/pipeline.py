@@ -74,6 +74,9 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
     try:
         log("base model")
         base_model = merge.resolve_base(base)
+        if any(v.format == "gguf" for v in recipe.variants):
+            gguf_convert.architecture(base_model.hf_dir)  # one llama.cpp cannot convert stops here, not after the merge
+        merge.check_prompt_fits(base_model)
         log(f"merging {'adapter ' + str(adapter) if adapter else 'no adapter'} into {base_model.hf_dir}")
         prov = merge.merge(base_model, adapter, tmp / "merged")
         meta = gguf_metadata(prov)

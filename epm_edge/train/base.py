@@ -12,41 +12,53 @@ from pathlib import Path
 from epm_edge import prompt
 from epm_edge.errors import ModelError
 from epm_edge.export.merge import BaseModel, resolve_base
+from epm_edge.runtime.chat_template import dir_chat_format
 from epm_edge.runtime.hf import segment_ids
 
 PAD = "<|endoftext|>"
 
 
-def prepare_tokenizer(tok):
-    """No BOS (llama.cpp tokenizes the prompt without one), `<|im_end|>` ends a turn, a real pad token.
+def prepare_tokenizer(tok, fmt: prompt.ChatFormat = prompt.CHATML):
+    """No BOS added (llama.cpp tokenizes the prompt without one; a template that wants one writes it),
+    the chat format's end of turn as EOS, a real pad token.
 
     A tokenizer read from the SmolLM2 GGUF says bos = eos = `<|im_start|>` and adds a BOS: left as
     is, training would see token ids that inference never sends.
     """
     tok.add_bos_token = False
-    tok.eos_token = prompt.END_OF_TURN
+    eos = tok.eos_token
+    tok.eos_token = fmt.end_of_turn
     if tok.pad_token is None or tok.pad_token == tok.eos_token:
-        tok.pad_token = PAD
+        vocab = tok.get_vocab()
+        pad = next((t for t in (PAD, eos, tok.unk_token) if t in vocab and t != fmt.end_of_turn), None)
+        if pad is None:
+            raise ModelError("the tokenizer has no token to pad with besides the end of turn: add a pad token")
+        tok.pad_token = pad
     for word in (prompt.YES, prompt.NO):
-        if len(tok(word)["input_ids"]) != 1:
+        if len(tok(word, add_special_tokens=False)["input_ids"]) != 1:
             raise ModelError(f"'{word}' is not a single token for this tokenizer: the schema needs it to be")
     return tok
 
 
-def prompt_ids(tok, text: str) -> list[int]:
+def base_format(base: str | Path | None = None) -> prompt.ChatFormat:
+    """The chat format of base model `base` (an HF dir, a .gguf, or None for the bundled base)."""
+    return dir_chat_format(resolve_base(base).hf_dir)
+
+
+def prompt_ids(tok, fmt: prompt.ChatFormat, text: str) -> list[int]:
     """A training prompt's ids as the runtimes tokenize it: record text is data, so a CSV value
     holding `<|im_end|>` trains as the text the scorers see, never as the control token."""
-    return segment_ids(tok, prompt.prompt_segments(text))
+    return segment_ids(tok, fmt.prompt_segments(text))
 
 
-def completion_ids(tok, completion: str) -> list[int]:
+def completion_ids(tok, fmt: prompt.ChatFormat, completion: str) -> list[int]:
     """An answer's ids: its values are record text (data); only the end-of-turn marker is special."""
-    body = completion.removesuffix(prompt.END_OF_TURN)
+    body = completion.removesuffix(fmt.end_of_turn)
     return segment_ids(tok, [(body, False), (completion[len(body):], True)])
 
 
 def load_base_hf(base: str | Path | None = None, qlora: bool = False):
-    """(model, tokenizer, BaseModel) for `base`: an HF dir, a .gguf, or None for the bundled base."""
+    """(model, tokenizer, BaseModel, ChatFormat) for `base`: an HF dir, a .gguf, or None for the bundled base."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +71,12 @@ def load_base_hf(base: str | Path | None = None, qlora: bool = False):
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16)
     model = AutoModelForCausalLM.from_pretrained(info.hf_dir, **kwargs)
-    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(info.hf_dir))
+    if not hasattr(model, model.base_model_prefix) and hasattr(model, "model"):
+        # Gemma3ForCausalLM names a backbone it does not have ("language_model", for multimodal checkpoints);
+        # trl's loss reaches the backbone through that name.
+        model.base_model_prefix = "model"
+    fmt = dir_chat_format(info.hf_dir)
+    tok = prepare_tokenizer(AutoTokenizer.from_pretrained(info.hf_dir), fmt)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok, info
+    return model, tok, info, fmt

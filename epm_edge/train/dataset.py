@@ -1,6 +1,6 @@
 """Training examples in the one prompt/answer schema, from DeepMatcher-layout benchmark dirs.
 
-Each example is a prompt (`prompt.PREFIX + prompt.pair_suffix(A, B)`) and a completion (decision
+Each example is a prompt (`ChatFormat.full_prompt(A, B)`, in the base model's chat format) and a completion (decision
 line, evidence lines, end of turn). Evidence comes from a teacher rationale where the set dir
 holds one (`rationales_*.csv`) and agrees with the gold label, else from the records (silver).
 
@@ -116,7 +116,8 @@ def _swapped(c: _Candidate) -> _Candidate:
     return _Candidate(c.b, c.a, c.label, c.hard, c.teacher.swapped() if c.teacher is not None else None)
 
 
-def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, noise: bool, swap: bool) -> dict:
+def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, noise: bool, swap: bool,
+             fmt: prompt.ChatFormat) -> dict:
     c = _swapped(c) if swap else c
     a, b = noisy_pair(c.a, c.b, rng) if noise else (c.a, c.b)
     text_a, text_b = serialize_record(a, cfg.record_tokens), serialize_record(b, cfg.record_tokens)
@@ -126,13 +127,15 @@ def _example(c: _Candidate, set_name: str, cfg: DataConfig, rng: random.Random, 
     source = "teacher" if teacher else "silver"
     if not cfg.rationale:
         answer.evidence = []
-    return {"prompt": prompt.full_prompt(text_a, text_b), "completion": answer.text() + prompt.END_OF_TURN,
+    return {"prompt": fmt.full_prompt(text_a, text_b), "completion": answer.text() + fmt.end_of_turn,
             "label": int(c.label), "set": set_name, "source": source, "noise": noise, "swapped": swap,
             "text_a": text_a, "text_b": text_b}
 
 
-def build_examples(cfg: DataConfig, split: str = "train", limit: int | None = None) -> list[dict]:
-    """Balanced, shuffled examples of `split` from every dir in cfg.dirs (seeded: same config, same list).
+def build_examples(cfg: DataConfig, split: str = "train", limit: int | None = None,
+                   fmt: prompt.ChatFormat = prompt.CHATML) -> list[dict]:
+    """Balanced, shuffled examples of `split` from every dir in cfg.dirs (seeded: same config, same list),
+    framed in the base model's chat format `fmt`.
 
     Seller noise and swapped order are applied to the train split only, so validation measures
     clean pairs in the catalogs' order.
@@ -147,7 +150,7 @@ def build_examples(cfg: DataConfig, split: str = "train", limit: int | None = No
         for c in _sample(_candidates(root, split, cfg.teacher), cfg, rng):
             noisy = split == "train" and noise_rng.random() < cfg.noise
             swap = split == "train" and swap_rng.random() < cfg.swap
-            examples.append(_example(c, root.name, cfg, noise_rng, noisy, swap))
+            examples.append(_example(c, root.name, cfg, noise_rng, noisy, swap, fmt))
     rng.shuffle(examples)
     return examples[:limit] if limit else examples
 

@@ -59,7 +59,7 @@ def _reward_funcs(judge):
     return [format_reward, label_reward, judged]
 
 
-def _data_prompts(base_class):
+def _data_prompts(base_class, fmt):
     """`base_class` (trl's GRPOTrainer) tokenizing prompts as the runtimes do: record text is data
     (train.base.prompt_ids), where trl's own call would parse special-token text anywhere in it."""
     from epm_edge.train.base import prompt_ids
@@ -70,7 +70,7 @@ def _data_prompts(base_class):
 
     class DataPrompts(base_class):
         def _tokenize_prompts(self, prompts: list):
-            return [prompt_ids(self.processing_class, p) for p in prompts], None, {}
+            return [prompt_ids(self.processing_class, fmt, p) for p in prompts], None, {}
 
     return DataPrompts
 
@@ -83,7 +83,7 @@ def run_rl(s: RLSettings) -> Path:
 
     from epm_edge.export.merge import adapter_sha256, check_adapter
     from epm_edge.train.adapter import save_adapter
-    from epm_edge.train.base import load_base_hf
+    from epm_edge.train.base import base_format, load_base_hf
     from epm_edge.train.judge import make_judge
     from epm_edge.train.progress import training_callbacks
 
@@ -92,13 +92,14 @@ def run_rl(s: RLSettings) -> Path:
     if trained.get("stage") == "rl":
         err.print(f"{init} is already an RL adapter: continuing from it")
     resume = check_resume(s.out, s.resume)
-    examples = build_examples(s.data, "train", limit=s.limit)
+    fmt = base_format(s.base)  # the prompts are framed in the base model's own chat template
+    examples = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     if not examples:
         raise EpmError("no training examples: check --data")
     err.print(f"rl data: {summary(examples)}")
     dataset = Dataset.from_list([{k: e[k] for k in ("prompt", "label", "text_a", "text_b")} for e in examples])
 
-    model, tok, base = load_base_hf(s.base)  # check_adapter: the SFT adapter's base sha256 must match
+    model, tok, base, _ = load_base_hf(s.base)  # check_adapter: the SFT adapter's base sha256 must match
     check_adapter(init, base, model.config)
     model = PeftModel.from_pretrained(model, init, is_trainable=True)
     judge = make_judge(s.judge, rubric=s.rubric)
@@ -110,7 +111,7 @@ def run_rl(s: RLSettings) -> Path:
         save_strategy="steps", save_steps=s.save_steps, save_total_limit=s.save_total_limit,
         logging_steps=s.logging_steps, report_to=[],
         disable_tqdm=True, seed=s.seed, dataloader_num_workers=0, **device_args(s.bf16), **s.extra)
-    trainer = _data_prompts(GRPOTrainer)(model=model, reward_funcs=_reward_funcs(judge), args=args,
+    trainer = _data_prompts(GRPOTrainer, fmt)(model=model, reward_funcs=_reward_funcs(judge), args=args,
                                          train_dataset=dataset, processing_class=tok,
                                          callbacks=training_callbacks("rl", s.time_limit))
     trainer.remove_callback(PrinterCallback)

@@ -96,8 +96,9 @@ def _decision_metrics(tok):
     import torch
 
     from epm_edge.evaluate.metrics import best_threshold, compute_metrics
+    from epm_edge.runtime.hf import single_token
 
-    yes, no = tok.convert_tokens_to_ids(prompt.YES), tok.convert_tokens_to_ids(prompt.NO)
+    yes, no = (single_token(tok, word, "the base tokenizer") for word in (prompt.YES, prompt.NO))
 
     def preprocess(logits, labels):
         first = (labels != -100).int().argmax(dim=1)  # first answer token; its logits sit one step earlier
@@ -148,7 +149,7 @@ def _weighted_trainer(base_class, decision_weight: float):
     return DecisionWeighted
 
 
-def _dataset(examples: list[dict], tok):
+def _dataset(examples: list[dict], tok, fmt):
     """Tokenized examples (trl takes them as they are): record text as data (train.base.prompt_ids)."""
     from datasets import Dataset
 
@@ -156,7 +157,7 @@ def _dataset(examples: list[dict], tok):
 
     rows = []
     for e in examples:
-        p, c = prompt_ids(tok, e["prompt"]), completion_ids(tok, e["completion"])
+        p, c = prompt_ids(tok, fmt, e["prompt"]), completion_ids(tok, fmt, e["completion"])
         rows.append({"input_ids": p + c, "completion_mask": [0] * len(p) + [1] * len(c)})
     return Dataset.from_list(rows)
 
@@ -168,19 +169,20 @@ def run_sft(s: SFTSettings) -> Path:
     from trl import SFTConfig, SFTTrainer
 
     from epm_edge.train.adapter import save_adapter
-    from epm_edge.train.base import load_base_hf
+    from epm_edge.train.base import base_format, load_base_hf
     from epm_edge.train.progress import training_callbacks
 
     resume = check_resume(s.out, s.resume)
-    train = build_examples(s.data, "train", limit=s.limit)
+    fmt = base_format(s.base)  # the examples are framed in the base model's own chat template
+    train = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     valid_cfg = DataConfig(**{**s.data.__dict__, "dirs": [d for d in s.data.dirs if (Path(d) / "valid.csv").exists()]})
-    valid = build_examples(valid_cfg, "valid", limit=s.eval_limit) if valid_cfg.dirs and s.eval_limit else []
+    valid = build_examples(valid_cfg, "valid", limit=s.eval_limit, fmt=fmt) if valid_cfg.dirs and s.eval_limit else []
     err.print(f"train: {summary(train)}")
     err.print(f"valid: {summary(valid)}")
     if not train:
         raise EpmError("no training examples: check --data")
 
-    model, tok, base = load_base_hf(s.base, qlora=s.qlora)
+    model, tok, base, _ = load_base_hf(s.base, qlora=s.qlora)
     lora = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
                       task_type="CAUSAL_LM")
     if s.init:
@@ -205,8 +207,8 @@ def run_sft(s: SFTSettings) -> Path:
         **device_args(s.bf16), **s.extra)
     preprocess, compute = _decision_metrics(tok)
     trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args,
-                         train_dataset=_dataset(train, tok),
-                         eval_dataset=_dataset(valid, tok) if evaluate else None, processing_class=tok,
+                         train_dataset=_dataset(train, tok, fmt),
+                         eval_dataset=_dataset(valid, tok, fmt) if evaluate else None, processing_class=tok,
                          peft_config=lora, compute_metrics=compute if evaluate else None,
                          preprocess_logits_for_metrics=preprocess if evaluate else None,
                          callbacks=training_callbacks("sft", s.time_limit))
