@@ -320,3 +320,33 @@ def test_training_on_a_gemma3_base_speaks_its_chat_format(base_gguf, data_dir, t
         assert scorer.format == fmt
     finally:
         scorer.close()
+
+
+def test_match_with_a_runtime_lora(exported, tiny_data, tmp_path):
+    """`match --model BASE --lora ADAPTER` scores as the merged model does; a rerun into the same result file
+    with another adapter strength is refused, not mixed in."""
+    from epm_edge.cli import main
+
+    _, _, _, out = exported
+    base = ["match", str(tiny_data / "tableA.csv"), str(tiny_data / "tableB.csv"), "--cascade", "off",
+            "--threads", "2"]
+    merged = CliRunner().invoke(main, base + ["--model", str(out / "gguf" / "model-F16.gguf"),
+                                              "-o", str(tmp_path / "merged.csv")])
+    assert merged.exit_code == 0, merged.output
+    lora = base + ["--model", str(out / "gguf" / "base-F16.gguf"), "--lora", str(out / "gguf" / "adapter-lora.gguf"),
+                   "-o", str(tmp_path / "lora.csv")]
+    runtime = CliRunner().invoke(main, lora)
+    assert runtime.exit_code == 0, runtime.output
+
+    def scores(name):
+        import csv
+
+        with open(tmp_path / name, newline="") as f:
+            return {(r["a_id"], r["b_id"]): float(r["score"]) for r in csv.DictReader(f)}
+
+    want, got = scores("merged.csv"), scores("lora.csv")
+    assert want.keys() == got.keys() and max(abs(want[k] - got[k]) for k in want) < 0.01
+    again = CliRunner().invoke(main, lora + ["--lora-scale", "0.5"])
+    assert again.exit_code != 0 and "lora_scale" in again.output
+    alone = CliRunner().invoke(main, base + ["--lora", str(out / "gguf" / "adapter-lora.gguf")])
+    assert alone.exit_code != 0 and "--lora applies to a base model given with --model" in alone.output
