@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from epm_edge.errors import ModelError
 
@@ -95,13 +95,15 @@ pair_tail, pair_suffix, pair_segments = CHATML.pair_tail, CHATML.pair_suffix, CH
 full_prompt, prompt_segments = CHATML.full_prompt, CHATML.prompt_segments
 
 
-def chat_format(template: str | None, bos_token: str = "", eos_token: str = "", model: object = "the model") -> ChatFormat:
+def chat_format(template: str | None, bos_token: str = "", eos_token: str = "", model: object = "the model",
+                add_bos: bool = False) -> ChatFormat:
     """The ChatFormat a Jinja chat template (a GGUF's `tokenizer.chat_template`, a tokenizer's
     `chat_template`) gives the prompt: rendered as transformers renders it, with the system text as a
-    system turn, or at the head of the user turn where the template has no system role. No template:
-    ChatML. A template that does not place the user text and the answer is a ModelError naming `model`."""
+    system turn, or at the head of the user turn where the template has no system role. No template
+    (a base model): ChatML, after the BOS token where the tokenizer adds one (`add_bos`). A template
+    that does not place the user text and the answer is a ModelError naming `model`."""
     if not template:
-        return CHATML
+        return replace(CHATML, prefix=bos_token + CHATML.prefix) if add_bos and bos_token else CHATML
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 

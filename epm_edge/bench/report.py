@@ -93,7 +93,7 @@ every figure is of a pair scored both ways, TF-IDF apart (a cosine, the same eit
 tok/s: tokens of the full prompts (shared instruction prefix included) times pairs/s, so runtimes
 that compute the prefix once show it as a higher effective rate. Peak RSS: the whole worker
 process (Python, runtime, model). Size: the file(s) on disk (bitsandbytes: its pre-quantized
-checkpoint; TF-IDF: its pickled vocabularies). Load: one sample per variant, page cache warm.
+checkpoint; TF-IDF: its pickled vocabularies; a `-lora` variant: the base and its GGUF LoRA). Load: one sample per variant, page cache warm.
 Cost: the given USD per core-hour, times the threads used, over the hours one million pairs take
 at the measured pairs/s."""
 

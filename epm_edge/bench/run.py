@@ -122,7 +122,8 @@ def _variant_rows(v: Variant, cfg: BenchConfig, datasets: list[dict], raw_dir: P
         common = {"variant": v.name, "runtime": v.runtime, "path": v.path, "threads": threads, "split": cfg.split,
                   "load_seconds": raw["load_seconds"], "peak_rss_bytes": raw["peak_rss_bytes"],
                   "rss_after_load_bytes": raw["rss_after_load_bytes"],
-                  "size_bytes": raw.get("size_bytes", disk_size(v.path)), "provenance": raw["provenance"],
+                  "size_bytes": raw.get("size_bytes", disk_size(v.path) + (disk_size(v.options.get("lora")) or 0)),
+                  "provenance": raw["provenance"],
                   "measured_at": raw["measured_at"], "load_average": raw["load_average"],
                   "reused": raw.get("reused", False)}
         for d in datasets:

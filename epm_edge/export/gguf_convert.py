@@ -85,7 +85,7 @@ def convert(hf_dir: Path, out_path: Path, source_gguf: Path | None = None, metad
     try:
         with torch.inference_mode():
             Converter(Path(hf_dir), gguf.LlamaFileType.MOSTLY_F16, tmp).write()
-    except (ValueError, KeyError, NotImplementedError, AssertionError) as e:
+    except (ValueError, KeyError, NotImplementedError, AssertionError, RuntimeError) as e:
         tmp.unlink(missing_ok=True)
         raise ModelError(f"{hf_dir}: llama.cpp's converter failed: {e}") from None
     tmp.replace(out_path)

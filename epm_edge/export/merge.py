@@ -137,8 +137,8 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
                              f"{', '.join(PRE_TOKENIZERS)}); pass the base as a Hugging Face dir")
         tok = json.loads((hf_dir / "tokenizer.json").read_text())
         tok["pre_tokenizer"] = PRE_TOKENIZERS[pre]
-        # transformers reads it as a sentencepiece-style Llama tokenizer (byte fallback, an empty tokenizer.model
-        # beside it), which llama.cpp's converter would convert as one: back to plain byte-level BPE.
+        # transformers reads it as a sentencepiece-style Llama tokenizer (with byte fallback), which llama.cpp's
+        # converter would convert as one: back to plain byte-level BPE.
         tok["model"]["byte_fallback"] = False
         tok["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
         if not cfg["add_bos_token"]:  # a GPT2Tokenizer adds what the post-processor says, whatever its config says
@@ -146,7 +146,8 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
                                      "use_regex": True}
         (hf_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
         cfg["tokenizer_class"] = "GPT2Tokenizer"
-        (hf_dir / "tokenizer.model").unlink(missing_ok=True)
+    # transformers saves a sentencepiece model beside it that sentencepiece cannot read: the converter would try to.
+    (hf_dir / "tokenizer.model").unlink(missing_ok=True)
     (hf_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
 
 

@@ -22,4 +22,4 @@ def dir_chat_format(path: Path) -> prompt.ChatFormat:
     jinja = path / "chat_template.jinja"
     template = jinja.read_text(encoding="utf-8") if jinja.exists() else config.get("chat_template")
     return prompt.chat_format(template, _token_text(config.get("bos_token")), _token_text(config.get("eos_token")),
-                              path)
+                              path, add_bos=bool(config.get("add_bos_token")))

@@ -166,7 +166,8 @@ class LlamaCppScorer:
         self.threshold = model_settings.one_order_cut(self.metadata)
         self.format = prompt.chat_format(gguf_metadata.get("tokenizer.chat_template"),
                                          self._special_text(lc.llama_vocab_bos(self.vocab)),
-                                         self._special_text(lc.llama_vocab_eos(self.vocab)), self.path)
+                                         self._special_text(lc.llama_vocab_eos(self.vocab)), self.path,
+                                         add_bos=lc.llama_vocab_get_add_bos(self.vocab))
         self.prefix = self.tokenize(self.format.prefix)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
         self.max_pair_tokens = max_pair_tokens
