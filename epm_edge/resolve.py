@@ -59,8 +59,9 @@ def open_scorer(model: str | Path | None = None, backend: str | None = None, thr
     `lora`: a GGUF LoRA applied to the .gguf `model` as it loads."""
     if model is not None and not Path(model).exists():
         raise ModelError(f"{model}: model not found")
-    if lora and model is None:
-        raise EpmError("--lora applies to a base model given with --model BASE.gguf")
+    if lora and (model is None or is_adapter(model)):
+        raise EpmError("--lora applies to a base model given with --model BASE.gguf (a trained adapter dir runs "
+                       "merged into its base)")
     if model is not None and not is_adapter(model):
         if quant:
             raise EpmError(f"--quant applies to trained adapter dirs; {model} is not one")

@@ -13,7 +13,7 @@ import numpy as np
 
 from epm_edge import prompt
 from epm_edge.bench import figures, worker
-from epm_edge.bench.variants import Variant, disk_size, discover, select
+from epm_edge.bench.variants import Variant, discover, select, variant_size
 from epm_edge.data import load_pair_set
 from epm_edge.evaluate.scoring import serialize_pairs
 from epm_edge.runtime.orders import swapped
@@ -122,7 +122,7 @@ def _variant_rows(v: Variant, cfg: BenchConfig, datasets: list[dict], raw_dir: P
         common = {"variant": v.name, "runtime": v.runtime, "path": v.path, "threads": threads, "split": cfg.split,
                   "load_seconds": raw["load_seconds"], "peak_rss_bytes": raw["peak_rss_bytes"],
                   "rss_after_load_bytes": raw["rss_after_load_bytes"],
-                  "size_bytes": raw.get("size_bytes", disk_size(v.path) + (disk_size(v.options.get("lora")) or 0)),
+                  "size_bytes": raw["size_bytes"] if "size_bytes" in raw else variant_size(v),
                   "provenance": raw["provenance"],
                   "measured_at": raw["measured_at"], "load_average": raw["load_average"],
                   "reused": raw.get("reused", False)}

@@ -36,6 +36,13 @@ def disk_size(path: str | Path | None) -> int | None:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def variant_size(v: Variant) -> int | None:
+    """Bytes on disk of a variant's model: with a runtime LoRA, the base and the adapter."""
+    size = disk_size(v.path)
+    lora = v.options.get("lora")
+    return size + disk_size(lora) if size is not None and lora else size
+
+
 def gguf_name(path: Path) -> str:
     """Variant name from the GGUF header (e.g. gguf-q4_k_m, gguf-q4_k_m-imatrix when quantized with an
     importance matrix); file names are not trusted."""
