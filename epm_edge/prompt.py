@@ -2,8 +2,9 @@
 
 A prompt is a shared instruction prefix (identical for every pair, so runtimes compute it once)
 followed by a pair suffix, framed by the model's own chat template (`ChatFormat`, read from the
-model each runtime loads; ChatML for the shipped SmolLM2 model). The answer starts with the decision token, so one forward pass scores a
-pair: P(match) = softmax over the logits of the `Yes` and `No` tokens at the answer position.
+model each runtime loads; ChatML for the shipped SmolLM2 model). The answer starts with the
+decision token, so one forward pass scores a pair: P(match) = softmax over the logits of the `Yes`
+and `No` tokens at the answer position.
 A structured rationale may follow the decision, one line of evidence per attribute:
 
     Yes

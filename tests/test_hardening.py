@@ -172,3 +172,4 @@ def test_doctor_scores_the_default_model():
     assert r.exit_code == 0, r.output
     line = " ".join(r.output.split())
     assert "default model" in line and "P(match)" in line and "problem" not in line
+    assert "GGUF converter" in line and "convert_hf_to_gguf" in line and "not available" not in line

@@ -61,7 +61,8 @@ def _finish(report: dict, root: Path, allow_fail: bool) -> None:
 @out_option("Export dir to create.", default=Path("epm-export"), show_default=True)
 @force_option
 @with_data_options
-def export_cmd(recipe, base, adapter, no_adapter, lora_gguf, out_path, force, data_dirs, split, pairs, threads, allow_fail):
+def export_cmd(recipe, base, adapter, no_adapter, lora_gguf, out_path, force, data_dirs, split, pairs, threads,
+               allow_fail):
     """Merge the adapter, build GGUF and ONNX variants, and verify each keeps its accuracy budget."""
     from epm_edge.export.pipeline import run_export
     from epm_edge.export.recipe import load_recipe

@@ -43,8 +43,8 @@ def converter_info() -> str:
         url = json.loads(metadata.distribution("llama-cpp-scripts").read_text("direct_url.json") or "{}").get("url")
     except metadata.PackageNotFoundError:
         url = None
-    return (f"llama.cpp convert_hf_to_gguf / convert_lora_to_gguf ({url or Path(conversion.__file__).parent}), "
-            f"gguf-py {metadata.version('gguf')}")
+    return (f"llama.cpp convert_hf_to_gguf / convert_lora_to_gguf from {url or Path(conversion.__file__).parent}, "
+            f"gguf-py {metadata.version('gguf')}; the runtime: llama-cpp-python {metadata.version('llama-cpp-python')}")
 
 
 def architecture(hf_dir: Path) -> str:

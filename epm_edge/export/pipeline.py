@@ -300,7 +300,8 @@ def report_markdown(report: dict) -> str:
             delta = (f"{v['delta_f1'] * 100:+.2f} [{v['delta_f1_low'] * 100:+.2f}, "
                      f"{v['delta_f1_high'] * 100:+.2f}]")
             flips = f"{v['flip_rate']:.1%} [{v['flip_rate_low']:.1%}, {v['flip_rate_high']:.1%}]"
-        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {'yes' if v['imatrix'] else ''} | {'at load' if v.get('lora') else ''} "
+        lines.append(f"| {v['name']} | {v['format']} | {v['quant']} | {'yes' if v['imatrix'] else ''} "
+                     f"| {'at load' if v.get('lora') else ''} "
                      f"| {v['size_bytes'] / 1e6:.0f} | {v['pairs_per_second']:.1f} | {v['threshold']:.4f} "
                      f"| {v['threshold_one_order']:.4f} | {v['f1'] * 100:.1f} | {delta} | {flips} "
                      f"| {v['mean_abs_dp']:.4f} | {budget} | {_verdict_cell(v, report['n_pairs'])} |")
@@ -310,7 +311,8 @@ def report_markdown(report: dict) -> str:
     inconclusive, failed = verdict_names(report, INCONCLUSIVE), verdict_names(report, FAIL)
     summary = ("Failed: " + ", ".join(failed) + ".\n" if failed else "No variant failed.\n")
     lora_note = ("LoRA \"at load\": the base alone at that type, with the adapter applied by llama.cpp as it loads "
-                 f"(`--model gguf/{LORA_BASE_PREFIX}TYPE.gguf --lora gguf/{LORA_FILE}`); its size counts both files.\n\n"
+                 f"(`--model gguf/{LORA_BASE_PREFIX}TYPE.gguf --lora gguf/{LORA_FILE}`); its size counts both "
+                 "files.\n\n"
                  if any(v.get("lora") for v in report["variants"]) else "")
     if inconclusive:
         summary += "Inconclusive on these pairs: " + ", ".join(inconclusive) + ".\n"

@@ -117,7 +117,8 @@ def with_runtime_lora(recipe: Recipe) -> Recipe:
         return recipe
     twins = [replace(v, name=f"{v.name}-lora", lora=True) for v in recipe.variants
              if v.format == "gguf" and not v.imatrix]
-    text = recipe.text + "\n# Added by --lora-gguf: each GGUF type above as the base alone + the adapter as a GGUF LoRA.\n"
+    text = (recipe.text + "\n# Added by --lora-gguf: each GGUF type above as the base alone + the adapter as a "
+            "GGUF LoRA.\n")
     for v in twins:
         text += (f'\n[[variants]]\nname = "{v.name}"\nformat = "gguf"\nquant = "{v.quant}"\nlora = true\n'
                  f"max_delta_f1 = {v.max_delta_f1:g}\nmax_flip_rate = {v.max_flip_rate:g}\n")

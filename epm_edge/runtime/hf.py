@@ -22,8 +22,9 @@ from epm_edge.runtime.provenance import read_sidecar
 def single_token(tokenizer, text: str, where: Path) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
-        raise ModelError(f"{where}: '{text}' is not a single token in this vocabulary: the matcher decides a pair "
-                         f"by the logits of the '{prompt.YES}' and '{prompt.NO}' tokens, so this tokenizer cannot carry it")
+        raise ModelError(f"{where}: '{text}' is not a single token in this vocabulary: the matcher decides a "
+                         f"pair by the logits of the '{prompt.YES}' and '{prompt.NO}' tokens, so this tokenizer "
+                         "cannot carry it")
     return ids[0]
 
 

@@ -98,7 +98,8 @@ class OnnxScorer:
         return prompt.match_probability(float(row[self.yes]), float(row[self.no]), self.path)
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        return np.array([self._score_one(pair_ids(self.tokenizer, self.format, a, b)) for a, b in pairs], dtype=np.float64)
+        return np.array([self._score_one(pair_ids(self.tokenizer, self.format, a, b)) for a, b in pairs],
+                        dtype=np.float64)
 
     def close(self) -> None:
         self.session = None
