@@ -95,9 +95,9 @@ def _columns(value: str | None) -> list[str] | None:
               help="N model copies on this host: --ray local --actors N, the cores shared out between them.")
 @force_option
 @click.pass_context
-def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, quant, backend, threads, batch_size, both_orders,
-          cascade_mode, top_k, threshold, id_col_a, id_col_b, columns_a, columns_b, record_tokens, assignment,
-          explain, explain_above, ray_address, actors, threads_per_actor, workers, force):
+def match(ctx, catalog_a, catalog_b, out_path, model_path, lora, lora_scale, quant, backend, threads, batch_size,
+          both_orders, cascade_mode, top_k, threshold, id_col_a, id_col_b, columns_a, columns_b, record_tokens,
+          assignment, explain, explain_above, ray_address, actors, threads_per_actor, workers, force):
     """Find the listings of CATALOG_B that are the same product as a record of CATALOG_A."""
     from epm_edge.console import err, progress_bar
     from epm_edge.data import read_catalog
@@ -231,8 +231,9 @@ def _ray_settings(address, actors, threads_per_actor, workers, threads, verbose)
 @click.option("--save-threshold", is_flag=True,
               help="Store the threshold tuned over all sets together in the --model adapter dir: its default "
                    "cut for this GGUF type and way of scoring (both orders, or one with --one-order).")
-def eval_cmd(data, split, limit, skip, model_path, lora, lora_scale, quant, backend, threads, batch_size, both_orders, cascade_mode,
-             threshold, tune_split, tune_limit, record_tokens, as_json, scores_dir, save_threshold):
+def eval_cmd(data, split, limit, skip, model_path, lora, lora_scale, quant, backend, threads, batch_size,
+             both_orders, cascade_mode, threshold, tune_split, tune_limit, record_tokens, as_json, scores_dir,
+             save_threshold):
     """Precision, recall, F1 and speed on a labelled split of one or more sets."""
     from epm_edge.console import err, out, progress_bar
     from epm_edge.evaluate.labelled import evaluate_set, pooled_threshold

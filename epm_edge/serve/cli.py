@@ -68,8 +68,8 @@ def _api_key(path: Path | None, host: str, insecure: bool) -> str | None:
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               help="Seconds a request may wait for its scores (more: 504).")
 def serve(model_path, lora, lora_scale, quant, backend, threads, both_orders, cascade_mode, catalog, id_col, columns,
-          record_tokens, top_k, threshold, host, port, api_key_file, insecure, max_batch, max_wait_ms, max_queue, max_pairs,
-          max_body_bytes, timeout):
+          record_tokens, top_k, threshold, host, port, api_key_file, insecure, max_batch, max_wait_ms, max_queue,
+          max_pairs, max_body_bytes, timeout):
     """Match over HTTP: POST /v1/score and /v1/match, probes, Prometheus metrics, OpenAPI at /docs."""
     try:
         import uvicorn
