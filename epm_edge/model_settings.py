@@ -64,14 +64,14 @@ def lora_keys(base_type: str, keys: dict) -> dict:
     return {f"base.{base_type}.{k}": v for k, v in keys.items()}
 
 
-def lora_metadata(base: dict, adapter: dict, base_type: str) -> dict:
+def lora_metadata(base: dict, adapter: dict, base_type: str | None) -> dict:
     """A base model file's keys with a GGUF LoRA applied: the base's provenance (its own cuts and
     verification scores do not hold for base + adapter), the adapter's, and what the adapter stores for
-    bases of type `base_type`."""
+    bases of type `base_type` (none where the type is not known)."""
     prefix = f"base.{base_type}."
     own_base = {k: v for k, v in without_cuts(base).items() if not k.startswith("verify.")}
     own_adapter = {k: v for k, v in adapter.items() if not k.startswith("base.")}
-    for_type = {k[len(prefix):]: v for k, v in adapter.items() if k.startswith(prefix)}
+    for_type = {k[len(prefix):]: v for k, v in adapter.items() if base_type and k.startswith(prefix)}
     return {**own_base, **own_adapter, **for_type}
 
 

@@ -93,8 +93,7 @@ CHATML = ChatFormat(prefix=f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|
                     answer_start="<|im_end|>\n<|im_start|>assistant\n", end_of_turn="<|im_end|>")
 # The shipped model's format, for training and tools that work with it.
 PREFIX, END_OF_TURN = CHATML.prefix, CHATML.end_of_turn
-pair_tail, pair_suffix, pair_segments = CHATML.pair_tail, CHATML.pair_suffix, CHATML.pair_segments
-full_prompt, prompt_segments = CHATML.full_prompt, CHATML.prompt_segments
+pair_suffix, pair_segments, full_prompt = CHATML.pair_suffix, CHATML.pair_segments, CHATML.full_prompt
 
 
 def chat_format(template: str | None, bos_token: str = "", eos_token: str = "", model: object = "the model",

@@ -83,6 +83,16 @@ def _model_class(arch: str):
     return {"llama": LlamaForCausalLM, "qwen2": Qwen2ForCausalLM, "gemma3": Gemma3ForCausalLM}[arch]
 
 
+def export(base: Path, out: Path, data: Path, *options: str):
+    """`epm-edge export` of `base` with the test recipe into `out` (the recipe file beside it)."""
+    from epm_edge.cli import main
+
+    recipe = out.with_name(out.name + "-recipe.toml")
+    recipe.write_text(RECIPE)
+    return CliRunner().invoke(main, ["export", "--recipe", str(recipe), "--base", str(base), "--out", str(out),
+                                     "--data", str(data), *options])
+
+
 def tiny_base(arch: str, out: Path, base_gguf: Path) -> Path:
     """A tiny random model of `arch` with the SmolLM2 tokenizer, its family's template and special tokens."""
     import torch
@@ -108,8 +118,6 @@ def exported(request, base_gguf, tiny_data, tmp_path_factory):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from epm_edge.cli import main
-
     arch = request.param
     root = tmp_path_factory.mktemp(arch)
     base = tiny_base(arch, root / "base", base_gguf)
@@ -124,11 +132,8 @@ def exported(request, base_gguf, tiny_data, tmp_path_factory):
     adapter = root / "adapter"
     model.save_pretrained(adapter)
 
-    (root / "recipe.toml").write_text(RECIPE)
     out = root / "export"
-    result = CliRunner().invoke(main, ["export", "--recipe", str(root / "recipe.toml"), "--base", str(base),
-                                       "--adapter", str(adapter), "--lora-gguf", "--out", str(out),
-                                       "--data", str(tiny_data)])
+    result = export(base, out, tiny_data, "--adapter", str(adapter), "--lora-gguf")
     assert result.exit_code == 0, result.output
     return arch, base, adapter, out
 
@@ -249,14 +254,10 @@ def test_lora_for_another_base_is_a_clear_error(exported, base_gguf):
 def test_unsupported_architecture_fails_at_once_naming_it(tmp_path, tiny_data):
     from transformers import OPTConfig, OPTForCausalLM
 
-    from epm_edge.cli import main
-
     base = tmp_path / "opt"
     OPTForCausalLM(OPTConfig(vocab_size=300, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
                              word_embed_proj_dim=16)).save_pretrained(base)
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
-                                       "--out", str(tmp_path / "out"), "--data", str(tiny_data)])
+    result = export(base, tmp_path / "out", tiny_data)
     assert result.exit_code != 0
     assert "architecture OPTForCausalLM is not supported by llama.cpp's GGUF converter" in result.output
     assert not (tmp_path / "out").exists()
@@ -268,8 +269,6 @@ def test_decision_words_must_be_single_tokens(tmp_path, tiny_data):
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from epm_edge.cli import main
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.train_from_iterator(["sony model black", "canon lens"] * 10, trainers.BpeTrainer(
@@ -278,9 +277,7 @@ def test_decision_words_must_be_single_tokens(tmp_path, tiny_data):
     PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>").save_pretrained(base)
     LlamaForCausalLM(LlamaConfig(vocab_size=bpe.get_vocab_size(), hidden_size=16, intermediate_size=32,
                                  num_hidden_layers=1, num_attention_heads=2)).save_pretrained(base)
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
-                                       "--out", str(tmp_path / "out"), "--data", str(tiny_data)])
+    result = export(base, tmp_path / "out", tiny_data)
     assert result.exit_code != 0
     assert "'Yes' is not a single token in this vocabulary" in result.output
     assert not (tmp_path / "out").exists()
@@ -291,14 +288,14 @@ def test_training_on_a_gemma3_base_speaks_its_chat_format(base_gguf, data_dir, t
     with its end of turn; the trained adapter exports, and llama.cpp frames pairs the same way."""
     from safetensors.torch import load_file
 
-    from epm_edge.cli import main
     from epm_edge.runtime.llamacpp import LlamaCppScorer
+    from epm_edge.export.merge import resolve_base
     from epm_edge.train.base import base_format
     from epm_edge.train.dataset import DataConfig, build_examples
     from epm_edge.train.sft import SFTSettings, run_sft
 
     base = tiny_base("gemma3", tmp_path / "base", base_gguf)
-    fmt = base_format(base)
+    fmt = base_format(resolve_base(base))
     assert fmt.prefix.startswith("<|im_start|><start_of_turn>user\n")  # bos_token, then Gemma's user turn
     data = DataConfig([data_dir / "abt_buy"], record_tokens=16)
     for e in build_examples(data, "valid", limit=4, fmt=fmt):
@@ -310,10 +307,7 @@ def test_training_on_a_gemma3_base_speaks_its_chat_format(base_gguf, data_dir, t
     assert any(v.abs().sum() > 0 for k, v in load_file(str(out / "adapter_model.safetensors")).items()
                if "lora_B" in k)
 
-    (tmp_path / "recipe.toml").write_text(RECIPE)
-    result = CliRunner().invoke(main, ["export", "--recipe", str(tmp_path / "recipe.toml"), "--base", str(base),
-                                       "--adapter", str(out), "--out", str(tmp_path / "export"),
-                                       "--data", str(data_dir / "abt_buy"), "--pairs", "16"])
+    result = export(base, tmp_path / "export", data_dir / "abt_buy", "--adapter", str(out), "--pairs", "16")
     assert result.exit_code == 0, result.output
     scorer = LlamaCppScorer(tmp_path / "export" / "gguf" / "model-F16.gguf")
     try:

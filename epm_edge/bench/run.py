@@ -40,16 +40,18 @@ class BenchConfig:
 
 
 def prompt_tokens_per_pair(gguf: Path, texts: list[tuple[str, str]]) -> float:
-    """Mean tokens of the full prompt (shared prefix included), with the model family's tokenizer."""
+    """Mean tokens of the full prompt (shared prefix included), with the model family's tokenizer and chat
+    format."""
     import llama_cpp as lc
 
-    from epm_edge.runtime.llamacpp import load_model
+    from epm_edge.runtime.llamacpp import load_model, model_chat_format
 
     model = load_model(gguf, vocab_only=True)
     vocab = lc.llama_model_get_vocab(model)
+    fmt = model_chat_format(model, gguf)
     counts = []
     for a, b in texts:
-        raw = prompt.full_prompt(a, b).encode("utf-8")
+        raw = fmt.full_prompt(a, b).encode("utf-8")
         buf = (lc.llama_token * (len(raw) + 8))()
         counts.append(lc.llama_tokenize(vocab, raw, len(raw), buf, len(buf), False, True))
     lc.llama_model_free(model)

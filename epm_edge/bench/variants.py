@@ -46,21 +46,19 @@ def variant_size(v: Variant) -> int | None:
 def gguf_name(path: Path) -> str:
     """Variant name from the GGUF header (e.g. gguf-q4_k_m, gguf-q4_k_m-imatrix when quantized with an
     importance matrix); file names are not trusted."""
-    import gguf
     import llama_cpp as lc
 
-    from epm_edge.runtime.llamacpp import load_model, read_gguf_metadata
+    from epm_edge.runtime.llamacpp import load_model, read_gguf_metadata, weight_type
 
     model = load_model(path, vocab_only=True)  # header + vocab only: fast
     try:
         metadata = read_gguf_metadata(model)
     finally:
         lc.llama_model_free(model)
-    file_type = metadata.get("general.file_type")
-    if file_type is None:
+    quant = weight_type(metadata)
+    if quant is None:
         return f"gguf-{path.stem.lower()}"
-    quant = gguf.LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
-    return f"gguf-{quant}{'-imatrix' if 'epm.' + PROVENANCE_KEY in metadata else ''}"
+    return f"gguf-{quant.lower()}{'-imatrix' if 'epm.' + PROVENANCE_KEY in metadata else ''}"
 
 
 def _gguf_variants(files: list[Path]) -> list[Variant]:

@@ -88,21 +88,37 @@ def read_gguf_metadata(model, adapter: bool = False) -> dict[str, str]:
     return meta
 
 
+def _special_text(vocab, token: int) -> str:
+    """A control token's text (`<bos>`), for chat templates that write it; "" where there is none."""
+    if token < 0:
+        return ""
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
+    return buf.raw[:max(n, 0)].decode("utf-8", "replace")
+
+
+def model_chat_format(model, path: Path, gguf_metadata: dict[str, str] | None = None) -> prompt.ChatFormat:
+    """The chat format of a loaded llama.cpp model: its GGUF's chat template, with its BOS/EOS text."""
+    vocab = lc.llama_model_get_vocab(model)
+    metadata = read_gguf_metadata(model) if gguf_metadata is None else gguf_metadata
+    bos, eos = (_special_text(vocab, t) for t in (lc.llama_vocab_bos(vocab), lc.llama_vocab_eos(vocab)))
+    return prompt.chat_format(metadata.get("tokenizer.chat_template"), bos, eos, path,
+                              add_bos=lc.llama_vocab_get_add_bos(vocab))
+
+
 def epm_keys(gguf_metadata: dict[str, str]) -> dict[str, str]:
     return {k[4:]: v for k, v in gguf_metadata.items() if k.startswith("epm.")}
 
 
-def weight_type(gguf_metadata: dict[str, str]) -> str:
-    """The GGUF type of a model's weights (`Q4_K_M`, `BF16`), as epm-edge names it: its stamped `epm.quant`,
-    else from `general.file_type`."""
+def weight_type(gguf_metadata: dict[str, str]) -> str | None:
+    """The GGUF type of a model's weights as llama-quantize names it (`Q4_K_M`, `BF16`), from the header's
+    `general.file_type`; None where it has none."""
     import gguf
 
-    if "epm.quant" in gguf_metadata:
-        return gguf_metadata["epm.quant"]
     try:
         return gguf.LlamaFileType(int(gguf_metadata["general.file_type"])).name.split("_", 1)[1]
     except (KeyError, ValueError):
-        return "unknown"
+        return None
 
 
 @functools.cache
@@ -164,10 +180,7 @@ class LlamaCppScorer:
             adapter = epm_keys(read_gguf_metadata(self.lora, adapter=True))
             self.metadata = model_settings.lora_metadata(self.metadata, adapter, weight_type(gguf_metadata))
         self.threshold = model_settings.one_order_cut(self.metadata)
-        self.format = prompt.chat_format(gguf_metadata.get("tokenizer.chat_template"),
-                                         self._special_text(lc.llama_vocab_bos(self.vocab)),
-                                         self._special_text(lc.llama_vocab_eos(self.vocab)), self.path,
-                                         add_bos=lc.llama_vocab_get_add_bos(self.vocab))
+        self.format = model_chat_format(self.model, self.path, gguf_metadata)
         self.prefix = self.tokenize(self.format.prefix)
         self.yes, self.no = self._single_token(prompt.YES), self._single_token(prompt.NO)
         self.max_pair_tokens = max_pair_tokens
@@ -225,14 +238,10 @@ class LlamaCppScorer:
             raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
         return ids[0]
 
-    def piece(self, token: int, special: bool = False) -> bytes:
+    def piece(self, token: int) -> bytes:
         buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
+        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:max(n, 0)]
-
-    def _special_text(self, token: int) -> str:
-        """A control token's text (`<bos>`), for chat templates that write it; "" where there is none."""
-        return self.piece(token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
     # -- decoding -------------------------------------------------------------------------
     def _decode(self, tokens: list[int], seq: int, pos: int, logits: bool = True) -> int:

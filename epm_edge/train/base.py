@@ -7,11 +7,9 @@ tokenizer the way the prompt schema and llama.cpp expect it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from epm_edge import prompt
 from epm_edge.errors import ModelError
-from epm_edge.export.merge import BaseModel, resolve_base
+from epm_edge.export.merge import BaseModel
 from epm_edge.runtime.chat_template import dir_chat_format
 from epm_edge.runtime.hf import segment_ids
 
@@ -40,9 +38,10 @@ def prepare_tokenizer(tok, fmt: prompt.ChatFormat = prompt.CHATML):
     return tok
 
 
-def base_format(base: str | Path | None = None) -> prompt.ChatFormat:
-    """The chat format of base model `base` (an HF dir, a .gguf, or None for the bundled base)."""
-    return dir_chat_format(resolve_base(base).hf_dir)
+def base_format(base: BaseModel) -> prompt.ChatFormat:
+    """The chat format of a resolved base model (`export.merge.resolve_base`): training examples are framed
+    in it, as the base's runtimes will frame pairs."""
+    return dir_chat_format(base.hf_dir)
 
 
 def prompt_ids(tok, fmt: prompt.ChatFormat, text: str) -> list[int]:
@@ -57,12 +56,11 @@ def completion_ids(tok, fmt: prompt.ChatFormat, completion: str) -> list[int]:
     return segment_ids(tok, [(body, False), (completion[len(body):], True)])
 
 
-def load_base_hf(base: str | Path | None = None, qlora: bool = False):
-    """(model, tokenizer, BaseModel, ChatFormat) for `base`: an HF dir, a .gguf, or None for the bundled base."""
+def load_base_hf(info: BaseModel, fmt: prompt.ChatFormat, qlora: bool = False):
+    """(model, tokenizer) of a resolved base model, the tokenizer prepared for its chat format `fmt`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    info: BaseModel = resolve_base(base)
     kwargs = {"torch_dtype": torch.float32}
     if qlora:
         from transformers import BitsAndBytesConfig
@@ -75,8 +73,7 @@ def load_base_hf(base: str | Path | None = None, qlora: bool = False):
         # Gemma3ForCausalLM names a backbone it does not have ("language_model", for multimodal checkpoints);
         # trl's loss reaches the backbone through that name.
         model.base_model_prefix = "model"
-    fmt = dir_chat_format(info.hf_dir)
     tok = prepare_tokenizer(AutoTokenizer.from_pretrained(info.hf_dir), fmt)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
-    return model, tok, info, fmt
+    return model, tok

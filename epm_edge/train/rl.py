@@ -81,7 +81,7 @@ def run_rl(s: RLSettings) -> Path:
     from transformers.trainer_callback import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from epm_edge.export.merge import adapter_sha256, check_adapter
+    from epm_edge.export.merge import adapter_sha256, check_adapter, resolve_base
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import base_format, load_base_hf
     from epm_edge.train.judge import make_judge
@@ -92,14 +92,15 @@ def run_rl(s: RLSettings) -> Path:
     if trained.get("stage") == "rl":
         err.print(f"{init} is already an RL adapter: continuing from it")
     resume = check_resume(s.out, s.resume)
-    fmt = base_format(s.base)  # the prompts are framed in the base model's own chat template
+    base = resolve_base(s.base)
+    fmt = base_format(base)  # the prompts are framed in the base model's own chat template
     examples = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     if not examples:
         raise EpmError("no training examples: check --data")
     err.print(f"rl data: {summary(examples)}")
     dataset = Dataset.from_list([{k: e[k] for k in ("prompt", "label", "text_a", "text_b")} for e in examples])
 
-    model, tok, base, _ = load_base_hf(s.base)  # check_adapter: the SFT adapter's base sha256 must match
+    model, tok = load_base_hf(base, fmt)  # check_adapter: the SFT adapter's base sha256 must match
     check_adapter(init, base, model.config)
     model = PeftModel.from_pretrained(model, init, is_trainable=True)
     judge = make_judge(s.judge, rubric=s.rubric)

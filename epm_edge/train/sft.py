@@ -168,12 +168,14 @@ def run_sft(s: SFTSettings) -> Path:
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
+    from epm_edge.export.merge import resolve_base
     from epm_edge.train.adapter import save_adapter
     from epm_edge.train.base import base_format, load_base_hf
     from epm_edge.train.progress import training_callbacks
 
     resume = check_resume(s.out, s.resume)
-    fmt = base_format(s.base)  # the examples are framed in the base model's own chat template
+    base = resolve_base(s.base)
+    fmt = base_format(base)  # the examples are framed in the base model's own chat template
     train = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     valid_cfg = DataConfig(**{**s.data.__dict__, "dirs": [d for d in s.data.dirs if (Path(d) / "valid.csv").exists()]})
     valid = build_examples(valid_cfg, "valid", limit=s.eval_limit, fmt=fmt) if valid_cfg.dirs and s.eval_limit else []
@@ -182,7 +184,7 @@ def run_sft(s: SFTSettings) -> Path:
     if not train:
         raise EpmError("no training examples: check --data")
 
-    model, tok, base, _ = load_base_hf(s.base, qlora=s.qlora)
+    model, tok = load_base_hf(base, fmt, qlora=s.qlora)
     lora = LoraConfig(r=s.rank, lora_alpha=s.alpha, lora_dropout=s.dropout, target_modules=s.target_modules,
                       task_type="CAUSAL_LM")
     if s.init:
