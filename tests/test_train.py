@@ -278,7 +278,7 @@ def test_decision_weighted_loss(tiny_base, data_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
-    from epm_edge.train.sft import _weighted_trainer
+    from epm_edge.train.sft import _weighted_trainer, decision_ids
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(r=2, target_modules=["q_proj"]))
@@ -294,11 +294,14 @@ def test_decision_weighted_loss(tiny_base, data_dir):
     inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     model.train()
 
-    def loss(weight):
-        cls = _weighted_trainer(SFTTrainer, weight)
+    yes_no = decision_ids(tok)
+
+    def loss(weight, return_outputs=False):
+        cls = _weighted_trainer(SFTTrainer, weight, yes_no)
         trainer = object.__new__(cls)
         trainer.accelerator = SimpleNamespace(autocast=contextlib.nullcontext)  # fp32, for exact comparison
-        return cls.compute_loss(trainer, model, dict(inputs)).item()
+        out = cls.compute_loss(trainer, model, dict(inputs), return_outputs=return_outputs)
+        return (out[0].item(), out[1].logits) if return_outputs else out.item()
 
     with torch.no_grad():
         own = model(**inputs).loss.item()
@@ -311,6 +314,13 @@ def test_decision_weighted_loss(tiny_base, data_dir):
     n = (labels != -100).sum().item()
     assert loss(1.0) == pytest.approx(own, rel=1e-4)
     assert loss(20.0) == pytest.approx(own + 19 * decision.sum().item() / n, rel=1e-4)
+    # Evaluation: the same loss, and as predictions only the Yes/No logits where the decision is made
+    model.eval()
+    with torch.no_grad():
+        evaluated, predicted = loss(20.0, return_outputs=True)
+    assert evaluated == pytest.approx(loss(20.0), rel=1e-4) and predicted.shape == (len(rows), 2)
+    torch.testing.assert_close(predicted, logits[torch.arange(len(rows)), first][:, list(yes_no)],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_training_loss_runs_under_the_trainers_mixed_precision(tiny_base, tmp_path):

@@ -86,24 +86,21 @@ def device_args(bf16: bool) -> dict:
     return {"use_cpu": True, "bf16": bf16}
 
 
-def _decision_metrics(tok):
-    """(preprocess_logits_for_metrics, compute_metrics) for decision F1 at the first answer token.
+def decision_ids(tok) -> tuple[int, int]:
+    """The ids of the Yes and No answer tokens, which the scorers read P(match) from."""
+    from epm_edge.runtime.hf import single_token
 
-    Reducing each sequence's logits to the Yes/No pair right away keeps evaluation memory small.
+    return tuple(single_token(tok, word, "the base tokenizer") for word in (prompt.YES, prompt.NO))
+
+
+def _decision_metrics(yes: int):
+    """compute_metrics for the decision F1 from the Yes/No logits at the first answer token
+    (the predictions evaluation returns, see `_weighted_trainer`).
+
     `f1_tuned` is the F1 at the threshold best on these pairs, as deployment picks it on valid:
     the checkpoint is selected on it.
     """
-    import torch
-
     from epm_edge.evaluate.metrics import best_threshold, compute_metrics
-    from epm_edge.runtime.hf import single_token
-
-    yes, no = (single_token(tok, word, "the base tokenizer") for word in (prompt.YES, prompt.NO))
-
-    def preprocess(logits, labels):
-        first = (labels != -100).int().argmax(dim=1)  # first answer token; its logits sit one step earlier
-        rows = torch.arange(labels.shape[0], device=labels.device)
-        return logits[rows, first - 1][:, [yes, no]].float()
 
     def compute(pred):
         logits, labels = pred.predictions, pred.label_ids
@@ -114,26 +111,28 @@ def _decision_metrics(tok):
         return {"f1": at_half.f1, "precision": at_half.precision, "recall": at_half.recall,
                 "accuracy": at_half.accuracy, "f1_tuned": tuned.f1, "threshold": tuned.threshold}
 
-    return preprocess, compute
+    return compute
 
 
-def _weighted_trainer(base_class, decision_weight: float):
-    """`base_class` (trl's SFTTrainer) with a training loss that counts the decision token
-    `decision_weight` times, and scores only answer positions.
+def _weighted_trainer(base_class, decision_weight: float, decision: tuple[int, int] = (0, 0)):
+    """`base_class` (trl's SFTTrainer) with a loss that counts the decision token `decision_weight`
+    times and scores only answer positions; evaluation returns as predictions only the logits of the
+    `decision` (Yes, No) token ids at the first answer position.
 
     trl's CPU path scores every position against the whole vocabulary (its compact path needs
-    Triton); the answer is ~1/6 of the tokens, so scoring only it is also faster here.
+    Triton); the answer is ~1/6 of the tokens, so scoring only it is also faster here. Its evaluation
+    path keeps those logits for every position: 262k-token vocabularies (Gemma 3) ran out of 24 GB.
     """
     import torch
     import torch.nn.functional as F
+    from transformers.modeling_outputs import CausalLMOutput
 
     class DecisionWeighted(base_class):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or not model.training:  # evaluation keeps trl's path (logits for the metrics)
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             causal = model.get_base_model()
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
+            first = mask.int().argmax(dim=1)  # each sequence's first answer token (predicted one step earlier)
             # Calling the inner model skips the forward that accelerate wraps in autocast on a GPU:
             # without this its matmuls ran in fp32 (an H200 profile showed fp32 GEMM kernels).
             with self.accelerator.autocast():
@@ -141,10 +140,15 @@ def _weighted_trainer(base_class, decision_weight: float):
                                       use_cache=False).last_hidden_state[:, :-1]
                 logits = causal.lm_head(hidden[mask])
             nll = F.cross_entropy(logits.float(), labels[mask], reduction="none")
-            decision = (mask & (mask.cumsum(dim=1) == 1))[mask]  # each sequence's first answer token
-            weights = torch.where(decision, decision_weight, 1.0)
+            is_first = (mask & (mask.cumsum(dim=1) == 1))[mask]
+            weights = torch.where(is_first, decision_weight, 1.0)
             count = num_items_in_batch if num_items_in_batch is not None else mask.sum()
-            return (nll * weights).sum() / count
+            loss = (nll * weights).sum() / count
+            if not return_outputs:
+                return loss
+            with self.accelerator.autocast():
+                answer = causal.lm_head(hidden[torch.arange(len(first), device=first.device), first])
+            return loss, CausalLMOutput(loss=loss, logits=answer[:, list(decision)].float())
 
     return DecisionWeighted
 
@@ -207,13 +211,12 @@ def run_sft(s: SFTSettings) -> Path:
         label_names=["labels"], logging_steps=s.logging_steps, include_num_input_tokens_seen="non_padding",
         report_to=[], disable_tqdm=True, seed=s.seed, data_seed=s.seed, dataloader_num_workers=0,
         **device_args(s.bf16), **s.extra)
-    preprocess, compute = _decision_metrics(tok)
-    trainer = _weighted_trainer(SFTTrainer, s.decision_weight)(model=model, args=args,
-                         train_dataset=_dataset(train, tok, fmt),
-                         eval_dataset=_dataset(valid, tok, fmt) if evaluate else None, processing_class=tok,
-                         peft_config=lora, compute_metrics=compute if evaluate else None,
-                         preprocess_logits_for_metrics=preprocess if evaluate else None,
-                         callbacks=training_callbacks("sft", s.time_limit))
+    decision = decision_ids(tok)
+    trainer = _weighted_trainer(SFTTrainer, s.decision_weight, decision)(
+        model=model, args=args, train_dataset=_dataset(train, tok, fmt),
+        eval_dataset=_dataset(valid, tok, fmt) if evaluate else None, processing_class=tok, peft_config=lora,
+        compute_metrics=_decision_metrics(decision[0]) if evaluate else None,
+        callbacks=training_callbacks("sft", s.time_limit))
     trainer.remove_callback(PrinterCallback)  # ProgressCallback prints the same logs in one line
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume or None)
