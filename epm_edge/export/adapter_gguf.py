@@ -1,4 +1,4 @@
-"""One deployable GGUF from a trained adapter: merge into the bundled base, convert, quantize.
+"""One deployable GGUF from a trained adapter: merge into its base, convert, quantize.
 
 This is how a trained adapter (the shipped default model, or any `epm-edge train` output passed
 as `--model`) becomes something llama.cpp runs; the result is cached under
@@ -57,7 +57,7 @@ def build_gguf(adapter: Path, target: Path, quant: str) -> Path:
     except ModuleNotFoundError as e:
         raise ModelError(f"{adapter}: turning an adapter into a GGUF needs the build extra ({e.name} is missing): "
                          "pip install 'epm-edge[build]', or pass --model FILE.gguf") from None
-    base = merge.resolve_base(None)
+    base = merge.resolve_base(None, Path(adapter))  # the base it was trained on
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".build-") as tmp:
         tmp = Path(tmp)

@@ -62,9 +62,10 @@ def _weights_sha256(hf_dir: Path) -> str:
     return dir_sha256(hf_dir, ("*.safetensors", "*.bin", "config.json"))
 
 
-def resolve_base(base: str | Path | None) -> BaseModel:
-    """An HF dir for the base: as given, or the dequantized (cached) form of a GGUF."""
-    path = Path(base) if base else model_store.base_gguf()
+def resolve_base(base: str | Path | None, adapter: Path | None = None) -> BaseModel:
+    """An HF dir for the base: as given, or the dequantized (cached) form of a GGUF. Without one, the
+    base `adapter` was trained on (model_store.known_base), else the bundled base."""
+    path = Path(base) if base else _adapter_base(adapter) if adapter else model_store.base_gguf()
     if not path.exists():
         raise ModelError(f"{path}: base model not found")
     if path.is_dir():
@@ -75,6 +76,19 @@ def resolve_base(base: str | Path | None) -> BaseModel:
         raise ModelError(f"{path}: base must be a .gguf file or a Hugging Face model dir")
     digest = model_store.sha256_file(path)
     return BaseModel(_dequantized(path, digest), digest, path)
+
+
+def _adapter_base(adapter: Path) -> Path:
+    trained = read_sidecar(adapter) if adapter.is_dir() else {}
+    digest = trained.get("base_sha256")
+    if not digest:  # no provenance: the bundled base, as before training recorded one
+        return model_store.base_gguf()
+    found = model_store.known_base(digest)
+    if found is None:
+        raise ModelError(f"{adapter}: trained on base {trained.get('base', '?')} (sha256 {digest[:12]}...), which "
+                         f"is neither the bundled base nor a GGUF in {model_store.home() / 'base'}: put that GGUF "
+                         "there, or export with --base")
+    return found
 
 
 def _dequantized(gguf_path: Path, digest: str) -> Path:

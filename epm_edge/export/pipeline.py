@@ -73,7 +73,7 @@ def run_export(recipe: Recipe, out: Path, base: str | Path | None = None, adapte
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         log("base model")
-        base_model = merge.resolve_base(base)
+        base_model = merge.resolve_base(base, Path(adapter) if adapter else None)
         if any(v.format == "gguf" for v in recipe.variants):
             gguf_convert.architecture(base_model.hf_dir)  # one llama.cpp cannot convert stops here, not after the merge
         merge.check_prompt_fits(base_model)

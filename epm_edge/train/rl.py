@@ -92,7 +92,7 @@ def run_rl(s: RLSettings) -> Path:
     if trained.get("stage") == "rl":
         err.print(f"{init} is already an RL adapter: continuing from it")
     resume = check_resume(s.out, s.resume)
-    base = resolve_base(s.base)
+    base = resolve_base(s.base, init)  # without --base: the one the adapter was trained on
     fmt = base_format(base)  # the prompts are framed in the base model's own chat template
     examples = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     if not examples:

@@ -178,7 +178,7 @@ def run_sft(s: SFTSettings) -> Path:
     from epm_edge.train.progress import training_callbacks
 
     resume = check_resume(s.out, s.resume)
-    base = resolve_base(s.base)
+    base = resolve_base(s.base, Path(s.init) if s.init else None)  # --init without --base: its own base
     fmt = base_format(base)  # the examples are framed in the base model's own chat template
     train = build_examples(s.data, "train", limit=s.limit, fmt=fmt)
     valid_cfg = DataConfig(**{**s.data.__dict__, "dirs": [d for d in s.data.dirs if (Path(d) / "valid.csv").exists()]})
