@@ -333,11 +333,11 @@ def test_training_loss_runs_under_the_trainers_mixed_precision(tiny_base, tmp_pa
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from epm_edge.train.sft import _weighted_trainer, device_args
+    from epm_edge.train.sft import _weighted_trainer, decision_ids, device_args
 
     tok = AutoTokenizer.from_pretrained(tiny_base)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base), LoraConfig(r=2, target_modules=["q_proj"]))
-    trainer = _weighted_trainer(SFTTrainer, 20.0)(
+    trainer = _weighted_trainer(SFTTrainer, 20.0, decision_ids(tok))(
         model=model, args=SFTConfig(output_dir=str(tmp_path), report_to=[], **device_args(True)),
         train_dataset=Dataset.from_list([{"prompt": "Same product?", "completion": " " + prompt.YES}] * 2),
         processing_class=tok)

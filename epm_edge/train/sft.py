@@ -114,7 +114,7 @@ def _decision_metrics(yes: int):
     return compute
 
 
-def _weighted_trainer(base_class, decision_weight: float, decision: tuple[int, int] = (0, 0)):
+def _weighted_trainer(base_class, decision_weight: float, decision: tuple[int, int]):
     """`base_class` (trl's SFTTrainer) with a loss that counts the decision token `decision_weight`
     times and scores only answer positions; evaluation returns as predictions only the logits of the
     `decision` (Yes, No) token ids at the first answer position.
