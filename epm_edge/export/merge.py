@@ -18,7 +18,7 @@ from epm_edge.errors import ModelError
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-BASE_HF_LAYOUT = 2  # part of the cache key of a dequantized base: bumped when what is saved there changes
+BASE_HF_LAYOUT = 3  # part of the cache key of a dequantized base: bumped when what is saved there changes
 
 
 @dataclass
@@ -133,6 +133,9 @@ PRE_TOKENIZERS = {
 }
 
 
+GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+
+
 def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
     """Make the saved HF tokenizer split and add BOS exactly as llama.cpp does for this GGUF."""
     import gguf
@@ -144,7 +147,7 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
 
     cfg = json.loads((hf_dir / "tokenizer_config.json").read_text())
     cfg["add_bos_token"] = bool(value("tokenizer.ggml.add_bos_token", False))
-    if value("tokenizer.ggml.model", "gpt2") == "gpt2":  # byte-level BPE; sentencepiece vocabs need nothing
+    if value("tokenizer.ggml.model", "gpt2") == "gpt2":  # byte-level BPE
         pre = value("tokenizer.ggml.pre", "gpt2")
         if pre not in PRE_TOKENIZERS:
             raise ModelError(f"{gguf_path}: tokenizer pre-type '{pre}' is not supported (known: "
@@ -160,9 +163,41 @@ def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
                                      "use_regex": True}
         (hf_dir / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False))
         cfg["tokenizer_class"] = "GPT2Tokenizer"
+    elif value("tokenizer.ggml.model", "") == "llama" and "tokenizer.ggml.merges" not in fields:
+        tok = json.loads((hf_dir / "tokenizer.json").read_text())
+        if tok["model"]["type"] == "Unigram":
+            types = [int(t) for t in value("tokenizer.ggml.token_type", [])]
+            (hf_dir / "tokenizer.json").write_text(json.dumps(_spm_as_bpe(tok, types), ensure_ascii=False))
     # transformers saves a sentencepiece model beside it that sentencepiece cannot read: the converter would try to.
     (hf_dir / "tokenizer.model").unlink(missing_ok=True)
     (hf_dir / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2, ensure_ascii=False))
+
+
+def _spm_as_bpe(tok: dict, token_types: list[int]) -> dict:
+    """A sentencepiece vocabulary as llama.cpp tokenizes it, for transformers.
+
+    transformers reads a GGUF sentencepiece vocabulary (Gemma 3) as a Unigram model, which segments
+    by best total score (" So"+"ny"); llama.cpp merges the adjacent pair whose joined piece scores
+    highest (" Sony"). That is BPE with every split of every piece as a merge, ranked by the joined
+    piece's score. No pre-tokenizer splits at spaces (llama.cpp has none), and control and
+    user-defined pieces are whole tokens, as llama.cpp parses them.
+    """
+    pieces = tok["model"]["vocab"]
+    ids = {piece: i for i, (piece, _) in enumerate(pieces)}
+    ranked = sorted(((-score, i) for i, (piece, score) in enumerate(pieces) if len(piece) > 1))
+    merges = [[piece[:k], piece[k:]] for _, i in ranked for piece in [pieces[i][0]] for k in range(1, len(piece))
+              if piece[:k] in ids and piece[k:] in ids]
+    unk = pieces[tok["model"].get("unk_id") or 0][0]
+    tok["model"] = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
+                    "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                    "vocab": ids, "merges": merges}
+    tok["pre_tokenizer"] = None
+    known = {a["id"] for a in tok["added_tokens"]}
+    tok["added_tokens"] += [{"id": i, "content": pieces[i][0], "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": kind == GGUF_CONTROL}
+                            for i, kind in enumerate(token_types)
+                            if kind in (GGUF_CONTROL, GGUF_USER_DEFINED) and i not in known]
+    return tok
 
 
 def check_prompt_fits(base: BaseModel) -> None:
