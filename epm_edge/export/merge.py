@@ -185,8 +185,10 @@ def _spm_as_bpe(tok: dict, token_types: list[int]) -> dict:
     pieces = tok["model"]["vocab"]
     ids = {piece: i for i, (piece, _) in enumerate(pieces)}
     ranked = sorted(((-score, i) for i, (piece, score) in enumerate(pieces) if len(piece) > 1))
-    merges = [[piece[:k], piece[k:]] for _, i in ranked for piece in [pieces[i][0]] for k in range(1, len(piece))
-              if piece[:k] in ids and piece[k:] in ids]
+    merges = []
+    for _, i in ranked:
+        piece = pieces[i][0]
+        merges += [[piece[:k], piece[k:]] for k in range(1, len(piece)) if piece[:k] in ids and piece[k:] in ids]
     unk = pieces[tok["model"].get("unk_id") or 0][0]
     tok["model"] = {"type": "BPE", "dropout": None, "unk_token": unk, "continuing_subword_prefix": None,
                     "end_of_word_suffix": None, "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,

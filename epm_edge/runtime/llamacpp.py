@@ -88,13 +88,16 @@ def read_gguf_metadata(model, adapter: bool = False) -> dict[str, str]:
     return meta
 
 
+def token_piece(vocab, token: int, special: bool = False) -> bytes:
+    """The bytes of a token; a control token's text (`<bos>`) only with `special`."""
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, special)
+    return buf.raw[:max(n, 0)]
+
+
 def _special_text(vocab, token: int) -> str:
     """A control token's text (`<bos>`), for chat templates that write it; "" where there is none."""
-    if token < 0:
-        return ""
-    buf = ctypes.create_string_buffer(64)
-    n = lc.llama_token_to_piece(vocab, token, buf, len(buf), 0, True)
-    return buf.raw[:max(n, 0)].decode("utf-8", "replace")
+    return token_piece(vocab, token, special=True).decode("utf-8", "replace") if token >= 0 else ""
 
 
 def model_chat_format(model, path: Path, gguf_metadata: dict[str, str] | None = None) -> prompt.ChatFormat:
@@ -238,11 +241,6 @@ class LlamaCppScorer:
             raise ModelError(f"{self.path}: '{text}' is not a single token in this vocabulary")
         return ids[0]
 
-    def piece(self, token: int) -> bytes:
-        buf = ctypes.create_string_buffer(64)
-        n = lc.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-        return buf.raw[:max(n, 0)]
-
     # -- decoding -------------------------------------------------------------------------
     def _decode(self, tokens: list[int], seq: int, pos: int, logits: bool = True) -> int:
         """Decode `tokens` as sequence `seq` from position `pos`; the output index of the last one."""
@@ -336,7 +334,7 @@ class LlamaCppScorer:
                 if lc.llama_vocab_is_eog(self.vocab, tok):
                     finished = True
                     break
-                text += self.piece(tok)
+                text += token_piece(self.vocab, tok)
                 idx = self._decode([tok], PAIR_SEQ, pos)
                 pos += 1
         finally:

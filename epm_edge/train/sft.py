@@ -132,7 +132,6 @@ def _weighted_trainer(base_class, decision_weight: float, decision: tuple[int, i
             causal = model.get_base_model()
             labels = inputs["labels"][:, 1:]
             mask = labels != -100
-            first = mask.int().argmax(dim=1)  # each sequence's first answer token (predicted one step earlier)
             # Calling the inner model skips the forward that accelerate wraps in autocast on a GPU:
             # without this its matmuls ran in fp32 (an H200 profile showed fp32 GEMM kernels).
             with self.accelerator.autocast():
@@ -146,6 +145,7 @@ def _weighted_trainer(base_class, decision_weight: float, decision: tuple[int, i
             loss = (nll * weights).sum() / count
             if not return_outputs:
                 return loss
+            first = mask.int().argmax(dim=1)  # each sequence's first answer token (predicted one step earlier)
             with self.accelerator.autocast():
                 answer = causal.lm_head(hidden[torch.arange(len(first), device=first.device), first])
             return loss, CausalLMOutput(loss=loss, logits=answer[:, list(decision)].float())
