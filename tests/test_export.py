@@ -584,10 +584,11 @@ def test_sentencepiece_vocab_tokenizes_as_llamacpp_does():
     runtimes (on Gemma 3's real vocabulary: 0 of 200 valid prompts alike before, 200 of 200 after)."""
     from tokenizers import Tokenizer
 
-    from epm_edge.export.merge import GGUF_CONTROL, _spm_as_bpe
+    from epm_edge.export.merge import GGUF_BYTE, GGUF_CONTROL, _spm_as_bpe
 
     pieces = [("<unk>", 0.0), ("<ctl>", 0.0), ("▁", -1.0), ("S", -1.0), ("o", -1.0), ("n", -1.0), ("y", -1.0),
-              ("▁S", -2.0), ("▁So", -3.0), ("ny", -3.5), ("on", -4.0), ("▁Sony", -10.0), ("<", -1.0), (">", -1.0)]
+              ("▁S", -2.0), ("▁So", -3.0), ("ny", -3.5), ("on", -4.0), ("▁Sony", -10.0), ("<", -1.0), (">", -1.0),
+              ("\t", 0.0), ("\t", -1.0)]  # byte piece <0x09> as transformers names it, then a tab piece
     unigram = {"version": "1.0", "truncation": None, "padding": None,
                "added_tokens": [{"id": 0, "content": "<unk>", "single_word": False, "lstrip": False, "rstrip": False,
                                  "normalized": False, "special": True}],
@@ -599,6 +600,9 @@ def test_sentencepiece_vocab_tokenizes_as_llamacpp_does():
     # llama.cpp: ▁ S o n y -> ▁S o n y -> ▁So n y -> ▁So ny -> ▁Sony; Unigram: the best sum of scores
     assert Tokenizer.from_str(json.dumps(unigram)).encode(" Sony").tokens == ["▁So", "n", "y"]
     types = [GGUF_CONTROL if p == "<ctl>" else 1 for p, _ in pieces]
+    types[14] = GGUF_BYTE
     bpe = Tokenizer.from_str(json.dumps(_spm_as_bpe(json.loads(json.dumps(unigram)), types)))
     assert bpe.encode(" Sony").tokens == ["▁Sony"]
     assert bpe.encode("<ctl> Sony").ids == [1, 11]  # a control piece is one token, as llama.cpp parses it
+    # every id keeps a piece (the byte piece its own name) and text reaches the tab piece
+    assert [bpe.id_to_token(i) for i in (14, 15)] == ["<0x09>", "\t"] and bpe.encode("\t").ids == [15]

@@ -18,7 +18,7 @@ from epm_edge.errors import ModelError
 from epm_edge.runtime.provenance import read_sidecar, write_sidecar
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-BASE_HF_LAYOUT = 3  # part of the cache key of a dequantized base: bumped when what is saved there changes
+BASE_HF_LAYOUT = 4  # part of the cache key of a dequantized base: bumped when what is saved there changes
 
 
 @dataclass
@@ -133,7 +133,7 @@ PRE_TOKENIZERS = {
 }
 
 
-GGUF_CONTROL, GGUF_USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values
+GGUF_CONTROL, GGUF_USER_DEFINED, GGUF_BYTE = 3, 4, 6  # tokenizer.ggml.token_type values
 
 
 def _match_llamacpp_tokenizer(hf_dir: Path, gguf_path: Path) -> None:
@@ -180,9 +180,13 @@ def _spm_as_bpe(tok: dict, token_types: list[int]) -> dict:
     by best total score (" So"+"ny"); llama.cpp merges the adjacent pair whose joined piece scores
     highest (" Sony"). That is BPE with every split of every piece as a merge, ranked by the joined
     piece's score. No pre-tokenizer splits at spaces (llama.cpp has none), and control and
-    user-defined pieces are whole tokens, as llama.cpp parses them.
+    user-defined pieces are whole tokens, as llama.cpp parses them. Byte pieces keep their `<0xNN>`
+    names, which byte fallback looks up (transformers renames `<0x09>` to a tab, a piece Gemma also has).
     """
-    pieces = tok["model"]["vocab"]
+    vocab = tok["model"]["vocab"]
+    kinds = token_types + [0] * (len(vocab) - len(token_types))
+    pieces = [(f"<0x{ord(piece):02X}>" if kind == GGUF_BYTE and len(piece) == 1 else piece, score)
+              for (piece, score), kind in zip(vocab, kinds)]
     ids = {piece: i for i, (piece, _) in enumerate(pieces)}
     ranked = sorted(((-score, i) for i, (piece, score) in enumerate(pieces) if len(piece) > 1))
     merges = []
