@@ -201,7 +201,7 @@ def _spm_as_bpe(tok: dict, token_types: list[int]) -> dict:
     known = {a["id"] for a in tok["added_tokens"]}
     tok["added_tokens"] += [{"id": i, "content": pieces[i][0], "single_word": False, "lstrip": False, "rstrip": False,
                              "normalized": False, "special": kind == GGUF_CONTROL}
-                            for i, kind in enumerate(token_types)
+                            for i, kind in enumerate(kinds)
                             if kind in (GGUF_CONTROL, GGUF_USER_DEFINED) and i not in known]
     return tok
 
